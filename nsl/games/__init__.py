@@ -1,0 +1,25 @@
+"""Games played by a network's filters: any object with ``n_players`` and ``__call__(present) -> values``."""
+
+from nsl.games.accuracy import METRICS, AccuracyGame, ClassGame, coalition_metric
+from nsl.games.adversarial import AdversarialGame
+from nsl.games.attacks import linf_attack
+from nsl.games.base import Game, ModelGame, check_game
+from nsl.games.fairness import FAIRNESS_METRICS, FairnessGame
+from nsl.games.synthetic import HarsanyiGame, additive_game, pairwise_game
+
+__all__ = [
+    "FAIRNESS_METRICS",
+    "METRICS",
+    "AccuracyGame",
+    "AdversarialGame",
+    "ClassGame",
+    "FairnessGame",
+    "Game",
+    "HarsanyiGame",
+    "ModelGame",
+    "additive_game",
+    "check_game",
+    "coalition_metric",
+    "linf_attack",
+    "pairwise_game",
+]

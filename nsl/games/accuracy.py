@@ -1,0 +1,106 @@
+"""Performance games: the model's accuracy overall and on one class (class-specific Neuron Shapley)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from nsl.games.base import ModelGame
+from nsl.players import FilterPlayers
+
+METRICS = ("accuracy", "macro_accuracy", "neg_cross_entropy")
+Metric = str | Callable[[Tensor, Tensor], Tensor]
+
+
+def coalition_metric(logits: Tensor, targets: Tensor, metric: Metric, num_classes: int) -> Tensor:
+    """Score K coalitions at once: logits (K, B, C) and targets (B,) to values (K,).
+
+    ``metric`` is a name from ``METRICS`` or a callable with the same signature as this function's first
+    two arguments.
+    """
+    if callable(metric):
+        return metric(logits, targets)
+    k = logits.shape[0]
+    if metric == "neg_cross_entropy":
+        per_row = F.cross_entropy(logits.flatten(0, 1).float(), targets.repeat(k), reduction="none")
+        return -per_row.reshape(k, -1).mean(dim=1)
+    preds = logits.argmax(dim=-1)  # (K, B)
+    average = "micro" if metric == "accuracy" else "macro"
+    return multiclass_accuracy(
+        preds, targets.expand(k, -1), num_classes=num_classes, average=average, multidim_average="samplewise"
+    )
+
+
+def _check_metric(metric: Metric) -> None:
+    if not callable(metric) and metric not in METRICS:
+        raise ValueError(f"metric={metric!r} is not supported; use one of {METRICS} or a callable.")
+
+
+class AccuracyGame(ModelGame):
+    """Value of a coalition = the model's accuracy (or another metric) on the evaluation data.
+
+    Args:
+        model: the trained classifier.
+        players: its filters.
+        inputs: evaluation inputs (B, ...).
+        targets: class labels (B,).
+        metric: ``"accuracy"`` (torchmetrics ``MulticlassAccuracy``, micro), ``"macro_accuracy"``,
+            ``"neg_cross_entropy"`` (a smooth value, less noisy than accuracy) or a callable
+            ``(logits (K, B, C), targets (B,)) -> (K,)``.
+        **kwargs: ``chunk_size``, ``max_rows``, ``device`` (see :class:`~nsl.games.base.ModelGame`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        players: FilterPlayers,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        metric: Metric = "accuracy",
+        **kwargs,
+    ) -> None:
+        _check_metric(metric)
+        self.metric = metric
+        super().__init__(model, players, inputs, targets, **kwargs)
+
+    def score(self, logits: Tensor) -> Tensor:
+        return coalition_metric(logits, self.targets, self.metric, self.num_classes)
+
+
+class ClassGame(AccuracyGame):
+    """Value of a coalition = accuracy on the evaluation images of one class (its recall).
+
+    Only the images whose label is ``class_index`` are kept, so each evaluation costs a forward pass of
+    that class's images alone.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        players: FilterPlayers,
+        inputs: Tensor,
+        targets: Tensor,
+        class_index: int,
+        *,
+        metric: Metric = "accuracy",
+        **kwargs,
+    ) -> None:
+        if isinstance(class_index, bool) or not isinstance(class_index, int):
+            raise TypeError(f"class_index must be an int, got {class_index!r}.")
+        if not isinstance(targets, Tensor):
+            raise ValueError(f"targets must be a tensor, got {type(targets).__name__}.")
+        keep = targets == class_index
+        if not bool(keep.any()):
+            present = sorted(torch.unique(targets).tolist())[:10]
+            raise ValueError(
+                f"class_index={class_index} has no sample in the evaluation data (labels present: {present})."
+            )
+        self.class_index = class_index
+        super().__init__(model, players, inputs[keep], targets[keep], metric=metric, **kwargs)
+        if class_index >= self.num_classes:
+            raise ValueError(f"class_index={class_index} is out of range for {self.num_classes} classes.")

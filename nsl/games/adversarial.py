@@ -1,0 +1,97 @@
+"""Adversarial game: value = the attack's success; the filters with the highest values help the adversary."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from nsl.games.attacks import ATTACKS, linf_attack
+from nsl.games.base import ModelGame
+from nsl.players import FilterPlayers
+
+
+class AdversarialGame(ModelGame):
+    """Value of a coalition = success rate of an L∞ attack whose examples were made once on the full model.
+
+    Untargeted success is the share of adversarial examples not classified as their true class; targeted
+    success the share classified as the target. Removing the filters with the highest values makes the
+    model more robust to these examples.
+
+    Args:
+        model, players, inputs, targets: as in :class:`~nsl.games.AccuracyGame` (``targets`` are the true
+            labels of the clean ``inputs``).
+        attack: ``"pgd"`` (default, as in the original work) or ``"fgsm"``.
+        eps: L∞ radius (16/255 as in the original work).
+        steps: PGD steps (30). ``step_size``: PGD step (default 2.5·eps/steps).
+        targeted: a targeted attack (the original work's choice) when True.
+        target_class: the class to push every example to; ``None`` draws one wrong class per example
+            from ``seed``.
+        bounds: valid input range for clamping; ``None`` uses the evaluation data's own min and max.
+        seed: seeds the PGD start points and random targets (the global RNG is never touched).
+        **kwargs: ``chunk_size``, ``max_rows``, ``device``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        players: FilterPlayers,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        attack: str = "pgd",
+        eps: float = 16 / 255,
+        steps: int = 30,
+        step_size: float | None = None,
+        targeted: bool = True,
+        target_class: int | None = None,
+        bounds: tuple[float, float] | None = None,
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
+        if attack not in ATTACKS:
+            raise ValueError(f"attack={attack!r} is not supported; use one of {ATTACKS}.")
+        if not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"eps={eps!r} must be a positive number.")
+        super().__init__(model, players, inputs, targets, **kwargs)
+        if target_class is not None and not 0 <= target_class < self.num_classes:
+            raise ValueError(f"target_class={target_class} is out of range for {self.num_classes} classes.")
+        generator = torch.Generator().manual_seed(seed)
+        self.targeted = targeted
+        self.true_labels = self.targets
+        if targeted:
+            if target_class is None:
+                shift = torch.randint(1, self.num_classes, (len(self.targets),), generator=generator)
+                goal = (self.targets.cpu() + shift) % self.num_classes
+            else:
+                goal = torch.full((len(self.targets),), target_class)
+            self.attack_labels = goal.to(self.device)
+        else:
+            self.attack_labels = self.targets
+        if bounds is None:
+            bounds = (float(self.inputs.min()), float(self.inputs.max()))
+        self.clean_inputs = self.inputs
+        self.inputs = linf_attack(
+            model,
+            self.clean_inputs,
+            self.attack_labels,
+            attack=attack,
+            eps=float(eps),
+            steps=steps,
+            step_size=step_size,
+            targeted=targeted,
+            bounds=bounds,
+            generator=generator,
+        )
+
+    def score(self, logits: Tensor) -> Tensor:
+        preds = logits.argmax(dim=-1)
+        k = preds.shape[0]
+        hit = multiclass_accuracy(
+            preds,
+            self.attack_labels.expand(k, -1),
+            num_classes=self.num_classes,
+            average="micro",
+            multidim_average="samplewise",
+        )
+        return hit if self.targeted else 1 - hit

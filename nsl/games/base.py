@@ -1,0 +1,161 @@
+"""The game protocol and the machinery shared by games played by a network's filters."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from nsl.players import FilterPlayers, _preserve_mode
+
+
+@runtime_checkable
+class Game(Protocol):
+    """A cooperative game: ``n_players`` and the value of each coalition in a (K, N) bool matrix."""
+
+    n_players: int
+
+    def __call__(self, present: Tensor) -> Tensor:  # (K, N) bool -> (K,) float
+        ...
+
+
+def check_game(game: object) -> int:
+    """Validate that ``game`` follows the protocol and return its number of players."""
+    n = getattr(game, "n_players", None)
+    if not callable(game) or not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(
+            f"{type(game).__name__} is not a game: it needs an int attribute n_players and "
+            "__call__(present: BoolTensor[K, N]) -> FloatTensor[K]."
+        )
+    if n < 1:
+        raise ValueError(f"the game has n_players={n}; at least 1 player is needed.")
+    return n
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+class ModelGame:
+    """Base class of games whose value is a metric of ``model`` with a coalition of ``players`` on.
+
+    Subclasses implement :meth:`score`, a pure function from logits of K coalitions (K, B, C) to K values.
+    This class holds the evaluation data on the model's device, checks the inputs at the door, tiles the
+    evaluation batch so that ``chunk_size`` coalitions run in one forward pass, and counts evaluations.
+
+    Args:
+        model: the trained network (left exactly as it was after every call).
+        players: the filters that play.
+        inputs: evaluation inputs, one fixed batch used for every coalition.
+        targets: integer class labels, shape (B,).
+        chunk_size: coalitions per forward pass; ``None`` picks as many as fit ``max_rows`` rows.
+        max_rows: bound on rows per forward pass (K·B) when ``chunk_size`` is None, to bound memory.
+        device: where to evaluate; defaults to the model's device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        players: FilterPlayers,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        chunk_size: int | None = None,
+        max_rows: int = 4096,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not isinstance(players, FilterPlayers):
+            raise TypeError(f"players must be a FilterPlayers, got {type(players).__name__}.")
+        if players.model is not model:
+            raise ValueError("players were built for a different model than the one given to the game.")
+        if not isinstance(inputs, Tensor) or inputs.dim() < 1 or len(inputs) == 0:
+            shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+            raise ValueError(f"the evaluation data is empty or not a tensor (inputs: {shape}).")
+        if not isinstance(targets, Tensor) or targets.shape != (len(inputs),):
+            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise ValueError(f"targets must be a tensor of shape ({len(inputs)},), got {shape}.")
+        if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+            raise TypeError(f"targets must hold integer class labels, got dtype {targets.dtype}.")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size={chunk_size!r} must be a positive int or None.")
+        if not isinstance(max_rows, int) or max_rows < 1:
+            raise ValueError(f"max_rows={max_rows!r} must be a positive int.")
+        self.model = model
+        self.players = players
+        self.n_players = len(players)
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.inputs = inputs.detach().to(self.device)
+        self.targets = targets.detach().to(self.device, torch.long)
+        self.max_rows = max_rows
+        self._chunk_size = chunk_size
+        self.n_evals = 0
+        logits = self._forward(self.inputs)
+        if logits.dim() != 2:
+            raise ValueError(f"the model must return logits of shape (B, C); got {tuple(logits.shape)}.")
+        if not torch.isfinite(logits).all():
+            bad = (~torch.isfinite(logits)).sum().item()
+            raise ValueError(f"the model produces NaN or inf on the evaluation data ({bad} non-finite logits).")
+        self.num_classes = logits.shape[1]
+        lo, hi = int(self.targets.min()), int(self.targets.max())
+        if lo < 0 or hi >= self.num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"target {bad} is out of range for a model with {self.num_classes} classes "
+                f"(targets must lie in [0, {self.num_classes - 1}])."
+            )
+        if players.needs_calibration:
+            players.calibrate(self.inputs)
+
+    @property
+    def chunk_size(self) -> int:
+        """Coalitions evaluated per forward pass."""
+        if self._chunk_size is not None:
+            return self._chunk_size
+        return max(1, self.max_rows // len(self.inputs))
+
+    @contextlib.contextmanager
+    def _evaluation(self) -> Iterator[None]:
+        """Eval mode, no autograd; every module's mode is restored afterwards."""
+        with _preserve_mode(self.model), torch.inference_mode():
+            self.model.eval()
+            yield
+
+    def _forward(self, x: Tensor) -> Tensor:
+        with self._evaluation():
+            return self.model(x)
+
+    def score(self, logits: Tensor) -> Tensor:
+        """Value of each coalition from its logits, shape (K, B, C) -> (K,)."""
+        raise NotImplementedError
+
+    def __call__(self, present: Tensor) -> Tensor:
+        """Values of the coalitions in ``present`` ((N,) or (K, N) bool), shape (K,), float64 on CPU."""
+        present = self.players.check_present(present)
+        values = []
+        b = len(self.inputs)
+        with self._evaluation():
+            for start in range(0, present.shape[0], self.chunk_size):
+                chunk = present[start : start + self.chunk_size]
+                k = chunk.shape[0]
+                x = self.inputs if k == 1 else self.inputs.repeat(k, *([1] * (self.inputs.dim() - 1)))
+                with self.players.mask(chunk):
+                    logits = self.model(x)
+                values.append(self.score(logits.reshape(k, b, -1)).double().cpu())
+                self.n_evals += k
+        return torch.cat(values)
+
+    def full_value(self) -> float:
+        """Value with every filter on."""
+        return float(self(torch.ones(self.n_players, dtype=torch.bool))[0])
+
+    def empty_value(self) -> float:
+        """Value with every filter off."""
+        return float(self(torch.zeros(self.n_players, dtype=torch.bool))[0])

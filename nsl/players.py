@@ -1,0 +1,322 @@
+"""Filters of a network as the players of a cooperative game.
+
+A player is one output channel of a ``Conv2d`` (or one output feature of a ``Linear`` selected by name).
+Switching a player off makes its channel reach the next layer as exactly zero (or as its mean activation,
+or as the BatchNorm shift, depending on ``ablation``). Coalitions are applied with forward hooks that are
+always removed again, so the model is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+ABLATIONS = ("zero", "mean", "bn_beta")
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass(frozen=True)
+class PlayerLayer:
+    """One layer whose output channels are players.
+
+    ``name`` is the selected module, ``mask_at`` the module whose output is masked (the BatchNorm that
+    directly normalises a conv output, so that a removed channel really is zero downstream), ``offset`` the
+    index of its first player and ``size`` its number of channels.
+    """
+
+    name: str
+    mask_at: str
+    offset: int
+    size: int
+    channel_dim: int  # 1 for conv feature maps, -1 for Linear features
+
+    @property
+    def players(self) -> range:
+        return range(self.offset, self.offset + self.size)
+
+
+def _check_ablation(ablation: str) -> None:
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation={ablation!r} is not supported; use one of {ABLATIONS}.")
+
+
+def _out_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    return module.out_features  # nn.Linear
+
+
+def _select(model: nn.Module, layers: str | Sequence[str] | None) -> list[tuple[str, nn.Module]]:
+    """Modules chosen by glob patterns over ``named_modules()`` names, in module order."""
+    named = [(n, m) for n, m in model.named_modules() if n]
+    candidates = [(n, m) for n, m in named if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if layers is None:
+        chosen = [(n, m) for n, m in candidates if isinstance(m, nn.Conv2d)]
+        if not chosen:
+            kinds = sorted({type(m).__name__ for _, m in named})[:8]
+            raise ValueError(
+                f"{type(model).__name__} has no Conv2d layer, so it has no filters to analyse "
+                f"(module types found: {kinds}). Select Linear layers by name with layers='<pattern>'."
+            )
+        return chosen
+    patterns = [layers] if isinstance(layers, str) else list(layers)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"layers={layers!r} must be None, a glob pattern or a list of non-empty patterns.")
+    available = [n for n, _ in candidates]
+    chosen_names: set[str] = set()
+    for pattern in patterns:
+        hits = [n for n, _ in named if fnmatch.fnmatchcase(n, pattern)]
+        usable = [n for n in hits if n in available]
+        if not usable:
+            what = (
+                f"matches only {hits[:3]}, which are not Conv2d or Linear layers"
+                if hits
+                else "matches no module"
+            )
+            raise ValueError(
+                f"layer pattern {pattern!r} {what}; available layers include {available[:6]}"
+                f"{' ...' if len(available) > 6 else ''} ({len(available)} in all)."
+            )
+        chosen_names.update(usable)
+    return [(n, m) for n, m in candidates if n in chosen_names]
+
+
+def _batchnorm_after(model: nn.Module, conv_names: list[str]) -> dict[str, str]:
+    """Map each conv to the BatchNorm that is its only consumer, from the traced graph.
+
+    Falls back to module order (a BatchNorm with matching width right after the conv) when the model
+    cannot be traced symbolically.
+    """
+    modules = dict(model.named_modules())
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:
+        order = list(modules)
+        found = {}
+        for name in conv_names:
+            i = order.index(name)
+            nxt = modules[order[i + 1]] if i + 1 < len(order) else None
+            if isinstance(nxt, _BATCHNORMS) and nxt.num_features == _out_channels(modules[name]):
+                found[name] = order[i + 1]
+        return found
+    found = {}
+    wanted = set(conv_names)
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in wanted:
+            continue
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module":
+            target = modules.get(users[0].target)
+            if isinstance(target, _BATCHNORMS):
+                found[node.target] = users[0].target
+    return found
+
+
+class FilterPlayers:
+    """The filters (output channels) of chosen layers of ``model``, numbered layer by layer.
+
+    Args:
+        model: the network; it is never modified, only hooked while a coalition is applied.
+        layers: ``None`` for every ``Conv2d``, or a glob pattern / list of glob patterns over
+            ``model.named_modules()`` names; ``Linear`` layers may be selected by name.
+        ablation: how a removed filter is silenced: ``"zero"`` (its channel is exactly 0 at the next layer),
+            ``"mean"`` (its mean activation on calibration data) or ``"bn_beta"`` (conv weights zeroed,
+            BatchNorm shift kept, as in the original TensorFlow code).
+
+    Example::
+
+        players = FilterPlayers(model, layers="features.*")
+        present = torch.ones(3, len(players), dtype=torch.bool)
+        present[1, 0] = False  # coalition 1 lacks filter 0
+        with players.mask(present):
+            logits = model(x.repeat(3, 1, 1, 1))  # row block k sees coalition k
+    """
+
+    def __init__(
+        self, model: nn.Module, layers: str | Sequence[str] | None = None, ablation: str = "zero"
+    ) -> None:
+        _check_ablation(ablation)
+        self.model = model
+        self.ablation = ablation
+        selected = _select(model, layers)
+        convs = [n for n, m in selected if isinstance(m, nn.Conv2d)]
+        bn_of = _batchnorm_after(model, convs)
+        self.layers: list[PlayerLayer] = []
+        offset = 0
+        for name, module in selected:
+            size = _out_channels(module)
+            dim = 1 if isinstance(module, nn.Conv2d) else -1
+            self.layers.append(PlayerLayer(name, bn_of.get(name, name), offset, size, dim))
+            offset += size
+        self.n_players = offset
+        self.names = [f"{layer.name}:{c}" for layer in self.layers for c in range(layer.size)]
+        self._fill: list[Tensor] | None = None if ablation == "mean" else self._constant_fill()
+
+    def __len__(self) -> int:
+        return self.n_players
+
+    def __repr__(self) -> str:
+        return f"FilterPlayers(n_players={self.n_players}, layers={len(self.layers)}, ablation={self.ablation!r})"
+
+    def layer_index(self) -> Tensor:
+        """Index of each player's layer, shape (N,)."""
+        return torch.cat([torch.full((layer.size,), i) for i, layer in enumerate(self.layers)])
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True while ``ablation="mean"`` has no activation means yet (see :meth:`calibrate`)."""
+        return self._fill is None
+
+    def _constant_fill(self) -> list[Tensor]:
+        """Per-layer values a removed channel takes for ``zero`` and ``bn_beta`` ablation."""
+        modules = dict(self.model.named_modules())
+        fills = []
+        for layer in self.layers:
+            ref = next(modules[layer.name].parameters())
+            fill = torch.zeros(layer.size, dtype=ref.dtype, device=ref.device)
+            if self.ablation == "bn_beta":
+                conv = modules[layer.name]
+                bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(fill)
+                if layer.mask_at != layer.name:
+                    bn = modules[layer.mask_at]
+                    mean = bn.running_mean if bn.running_mean is not None else torch.zeros_like(fill)
+                    var = bn.running_var if bn.running_var is not None else torch.ones_like(fill)
+                    scale = bn.weight.detach() if bn.weight is not None else torch.ones_like(fill)
+                    shift = bn.bias.detach() if bn.bias is not None else torch.zeros_like(fill)
+                    fill = (bias - mean) / torch.sqrt(var + bn.eps) * scale + shift
+                else:
+                    fill = bias
+            fills.append(fill.detach().clone())
+        return fills
+
+    @torch.no_grad()
+    def calibrate(self, inputs: Tensor, batch_size: int = 512) -> None:
+        """Record each filter's mean activation on ``inputs`` (needed by ``ablation="mean"``)."""
+        modules = dict(self.model.named_modules())
+        sums = [torch.zeros(layer.size, dtype=torch.float64) for layer in self.layers]
+        counts = [0] * len(self.layers)
+
+        def make_hook(i: int, layer: PlayerLayer):
+            def hook(_m, _inp, out):
+                cdim = layer.channel_dim % out.dim()
+                dims = [d for d in range(out.dim()) if d != cdim]
+                sums[i] += out.detach().double().sum(dim=dims).cpu()
+                counts[i] += out.numel() // layer.size
+
+            return hook
+
+        handles = []
+        with _preserve_mode(self.model):
+            self.model.eval()
+            try:
+                for i, layer in enumerate(self.layers):
+                    handles.append(modules[layer.mask_at].register_forward_hook(make_hook(i, layer)))
+                for start in range(0, len(inputs), batch_size):
+                    self.model(inputs[start : start + batch_size])
+            finally:
+                for h in handles:
+                    h.remove()
+        fills = []
+        for s, n, layer in zip(sums, counts, self.layers, strict=True):
+            ref = next(modules[layer.name].parameters())
+            fills.append((s / max(n, 1)).to(dtype=ref.dtype, device=ref.device))
+        self._fill = fills
+
+    def check_present(self, present: Tensor) -> Tensor:
+        """Validate a coalition mask and return it as (K, N) bool."""
+        if not isinstance(present, Tensor):
+            raise TypeError(f"present must be a torch.bool tensor of shape (N,) or (K, N), got {type(present)}.")
+        if present.dtype != torch.bool:
+            raise TypeError(f"present must have dtype torch.bool, got {present.dtype}.")
+        if present.dim() not in (1, 2) or present.shape[-1] != self.n_players:
+            raise ValueError(
+                f"present has shape {tuple(present.shape)}; expected ({self.n_players},) or "
+                f"(K, {self.n_players}) for {self.n_players} players."
+            )
+        if present.dim() == 1:
+            present = present.unsqueeze(0)
+        if present.shape[0] == 0:
+            raise ValueError("present holds no coalition (K = 0).")
+        return present
+
+    @contextlib.contextmanager
+    def mask(self, present: Tensor) -> Iterator[None]:
+        """Apply coalitions while the block runs: filter i is on where ``present[..., i]`` is True.
+
+        With a (K, N) mask the model must be fed the evaluation batch tiled K times; row block k sees
+        coalition k. Hooks are removed when the block exits, also on error.
+        """
+        present = self.check_present(present)
+        if self._fill is None:
+            raise RuntimeError("ablation='mean' needs activation means: call players.calibrate(inputs) first.")
+        k = present.shape[0]
+        modules = dict(self.model.named_modules())
+        handles = []
+        try:
+            for layer, fill in zip(self.layers, self._fill, strict=True):
+                keep = present[:, layer.offset : layer.offset + layer.size]
+                if bool(keep.all()):
+                    continue  # nothing removed in this layer: no hook, no cost
+                handles.append(
+                    modules[layer.mask_at].register_forward_hook(_MaskHook(keep, fill, k, layer.channel_dim))
+                )
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+class _MaskHook:
+    """Forward hook replacing removed channels; built once per coalition batch."""
+
+    def __init__(self, keep: Tensor, fill: Tensor, k: int, channel_dim: int) -> None:
+        self.k = k
+        self.channel_dim = channel_dim
+        self.keep_bool = keep
+        self.fill = fill
+        self._cache: dict[tuple, tuple[Tensor, Tensor | None]] = {}
+
+    def _factors(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
+        key = (out.shape, out.dtype, out.device)
+        if key not in self._cache:
+            rows = out.shape[0]
+            if rows % self.k:
+                raise ValueError(
+                    f"a batch of {rows} rows cannot hold {self.k} coalitions: tile the evaluation batch "
+                    f"K={self.k} times (got {rows} rows)."
+                )
+            keep = self.keep_bool.to(device=out.device, dtype=out.dtype)  # (K, C)
+            keep = keep.repeat_interleave(rows // self.k, dim=0)  # (K*B, C)
+            fill = self.fill.to(device=out.device, dtype=out.dtype)
+            shape = [rows] + [1] * (out.dim() - 1)
+            cdim = self.channel_dim % out.dim()
+            shape[cdim] = keep.shape[1]
+            keep = keep.reshape(shape)
+            if bool((fill == 0).all()):
+                offset = None
+            else:
+                fshape = [1] * out.dim()
+                fshape[cdim] = fill.shape[0]
+                offset = (1 - keep) * fill.reshape(fshape)
+            self._cache[key] = (keep, offset)
+        return self._cache[key]
+
+    def __call__(self, _module: nn.Module, _inputs: tuple, out: Tensor) -> Tensor:
+        keep, offset = self._factors(out)
+        return out * keep if offset is None else out * keep + offset
+
+
+@contextlib.contextmanager
+def _preserve_mode(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval flag when the block exits."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training

@@ -1,0 +1,17 @@
+"""Shapley value estimators; each takes any game and returns a :class:`ShapleyResult`."""
+
+from nsl.shapley.exact import coalitions, exact, shapley_from_values
+from nsl.shapley.monte_carlo import monte_carlo
+from nsl.shapley.result import RunningStats, ShapleyResult
+from nsl.shapley.tmab import confidence_radius, tmab
+
+__all__ = [
+    "RunningStats",
+    "ShapleyResult",
+    "coalitions",
+    "confidence_radius",
+    "exact",
+    "monte_carlo",
+    "shapley_from_values",
+    "tmab",
+]

@@ -1,0 +1,76 @@
+"""Exact Shapley values by evaluating all 2ᴺ coalitions (N ≤ 20)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import Tensor
+
+from nsl.games.base import Game
+from nsl.shapley._common import CountingGame, check_positive_int, player_names
+from nsl.shapley.result import ShapleyResult
+
+MAX_EXACT_PLAYERS = 20
+
+
+def coalitions(n_players: int, start: int = 0, stop: int | None = None) -> Tensor:
+    """Coalitions ``start..stop-1`` of all 2ᴺ as a bool matrix; row m has player i present iff bit i of m."""
+    stop = 2**n_players if stop is None else stop
+    masks = torch.arange(start, stop, dtype=torch.long)
+    return ((masks.unsqueeze(1) >> torch.arange(n_players)) & 1).bool()
+
+
+def all_values(game: Game, batch_size: int = 4096) -> Tensor:
+    """Values of all 2ᴺ coalitions, indexed by bitmask (bit i = player i), float64."""
+    n = game.n_players
+    chunks = [game(coalitions(n, s, min(s + batch_size, 2**n))) for s in range(0, 2**n, batch_size)]
+    return torch.cat([torch.as_tensor(c).double().reshape(-1).cpu() for c in chunks])
+
+
+def shapley_from_values(values: Tensor) -> Tensor:
+    """Shapley values from the values of all 2ᴺ coalitions (bitmask-indexed)."""
+    n = int(math.log2(len(values)))
+    masks = torch.arange(2**n)
+    sizes = torch.zeros(2**n, dtype=torch.long)
+    for i in range(n):
+        sizes += (masks >> i) & 1
+    # weight of a coalition S of size s not containing i: s!(n-s-1)!/n!
+    weight = torch.tensor([1.0 / (n * math.comb(n - 1, s)) for s in range(n)], dtype=torch.float64)
+    phi = torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        without = masks[((masks >> i) & 1) == 0]
+        phi[i] = (weight[sizes[without]] * (values[without | (1 << i)] - values[without])).sum()
+    return phi
+
+
+def exact(game: Game, *, k: int = 10, batch_size: int = 4096, names: list[str] | None = None) -> ShapleyResult:
+    """Exact Shapley values of a game with at most 20 players, by enumerating every coalition.
+
+    Costs 2ᴺ evaluations, ``batch_size`` coalitions per call to the game.
+    """
+    counted = CountingGame(game)
+    n = counted.n_players
+    if n > MAX_EXACT_PLAYERS:
+        raise ValueError(
+            f"exact() enumerates 2^N coalitions and accepts N <= {MAX_EXACT_PLAYERS} players; this game has "
+            f"N={n}. Use monte_carlo() or tmab() instead, or select fewer layers."
+        )
+    check_positive_int("batch_size", batch_size)
+    start = time.perf_counter()
+    values = all_values(counted, batch_size)
+    phi = shapley_from_values(values)
+    return ShapleyResult(
+        values=phi,
+        stderr=torch.zeros(n, dtype=torch.float64),
+        counts=torch.full((n,), 2 ** (n - 1), dtype=torch.int64),
+        n_evals=counted.n_evals,
+        converged=True,
+        k=min(k, n),
+        names=player_names(game, names),
+        method="exact",
+        seconds=time.perf_counter() - start,
+        full_value=float(values[-1]),
+        empty_value=float(values[0]),
+    )

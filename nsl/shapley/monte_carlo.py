@@ -1,0 +1,60 @@
+"""Permutation-sampling Monte Carlo Shapley values (every player sampled in every scan)."""
+
+from __future__ import annotations
+
+import torch
+
+from nsl.games.base import Game
+from nsl.shapley._common import check_positive_int, player_names
+from nsl.shapley.result import ShapleyResult, result_from_stats
+from nsl.shapley.scan import Budget, PermutationSampler
+
+
+def monte_carlo(
+    game: Game,
+    n_permutations: int = 100,
+    *,
+    truncation: float | None = None,
+    patience: int = 5,
+    antithetic: bool = False,
+    max_evals: int | None = None,
+    max_seconds: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    k: int = 10,
+    names: list[str] | None = None,
+    resume: ShapleyResult | None = None,
+) -> ShapleyResult:
+    """Shapley values as the mean marginal over ``n_permutations`` random removal scans.
+
+    Unbiased with ``truncation=None`` (the default). ``truncation`` (a fraction of |v(N) − v(∅)|) ends a scan
+    once the value stays that close to v(∅) for ``patience`` evaluations, as in the original TMC-Shapley.
+    ``antithetic`` follows each order by its reverse. ``converged`` is False when ``max_evals`` or
+    ``max_seconds`` stopped sampling before ``n_permutations`` scans. ``resume`` continues from an
+    earlier result's statistics (give it a different ``seed``).
+    """
+    check_positive_int("n_permutations", n_permutations)
+    budget = Budget(max_evals, max_seconds)
+    sampler = PermutationSampler(
+        game,
+        truncation=truncation,
+        patience=patience,
+        antithetic=antithetic,
+        batch_size=batch_size,
+        seed=seed,
+        resume=resume,
+    )
+    everyone = torch.ones(sampler.n_players, dtype=torch.bool)
+    while sampler.scans < n_permutations and not budget.exhausted(sampler.game.n_evals):
+        sampler.scan(everyone)
+    return result_from_stats(
+        sampler.stats,
+        n_evals=sampler.game.n_evals,
+        converged=sampler.scans >= n_permutations,
+        k=min(k, sampler.n_players),
+        names=player_names(game, names),
+        method="monte_carlo",
+        seconds=budget.seconds,
+        full_value=sampler.v_full,
+        empty_value=sampler.v_empty,
+    )

@@ -1,0 +1,167 @@
+"""What every estimator returns, and the running statistics the sampling estimators keep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class RunningStats:
+    """Per-player sum, sum of squares, count, minimum and maximum of sampled marginals.
+
+    Float64 tensors only, so the state survives ``torch.load(weights_only=True)`` and can be merged across
+    processes by summation.
+    """
+
+    def __init__(self, n_players: int) -> None:
+        self.n_players = n_players
+        self.total = torch.zeros(n_players, dtype=torch.float64)
+        self.total_sq = torch.zeros(n_players, dtype=torch.float64)
+        self.count = torch.zeros(n_players, dtype=torch.int64)
+        self.low = torch.full((n_players,), float("inf"), dtype=torch.float64)
+        self.high = torch.full((n_players,), float("-inf"), dtype=torch.float64)
+
+    def update(self, players: Tensor, marginals: Tensor) -> None:
+        """Add one sample ``marginals[j]`` for each ``players[j]`` (players are distinct)."""
+        if len(players) == 0:
+            return
+        m = marginals.double()
+        self.total.index_add_(0, players, m)
+        self.total_sq.index_add_(0, players, m * m)
+        self.count.index_add_(0, players, torch.ones_like(players))
+        self.low[players] = torch.minimum(self.low[players], m)
+        self.high[players] = torch.maximum(self.high[players], m)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.total / self.count.clamp(min=1)
+
+    @property
+    def var(self) -> Tensor:
+        """Unbiased sample variance (0 where fewer than 2 samples)."""
+        n = self.count.double()
+        var = (self.total_sq - self.total * self.total / n.clamp(min=1)) / (n - 1).clamp(min=1)
+        return var.clamp(min=0) * (n > 1)
+
+    @property
+    def stderr(self) -> Tensor:
+        return (self.var / self.count.clamp(min=1)).sqrt()
+
+    @property
+    def value_range(self) -> Tensor:
+        """Empirical range of each player's marginals so far (0 before its first sample)."""
+        return torch.where(self.count > 0, self.high - self.low, torch.zeros_like(self.high))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {
+            "total": self.total.clone(),
+            "total_sq": self.total_sq.clone(),
+            "count": self.count.clone(),
+            "low": self.low.clone(),
+            "high": self.high.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state["total"].shape != (self.n_players,):
+            raise ValueError(
+                f"saved statistics are for {state['total'].shape[0]} players, not {self.n_players}."
+            )
+        self.total = state["total"].double().clone()
+        self.total_sq = state["total_sq"].double().clone()
+        self.count = state["count"].long().clone()
+        self.low = state["low"].double().clone()
+        self.high = state["high"].double().clone()
+
+
+@dataclass
+class ShapleyResult:
+    """Estimated Shapley values of N players.
+
+    Attributes:
+        values: estimated Shapley value of each player, (N,) float64.
+        stderr: standard error of each estimate (0 for exact values), (N,).
+        counts: marginal samples behind each estimate, (N,) int64.
+        n_evals: coalitions the game evaluated for this result (counted at the game).
+        converged: exact, or the requested top-k was separated before the budget ran out.
+        k: how many players ``top_k`` lists.
+        names: player names (``"<module>:<channel>"`` for filters) when known.
+        method: the estimator that produced it.
+        seconds: wall time.
+        full_value, empty_value: value of the grand and the empty coalition, when evaluated.
+        stats: the running statistics to resume sampling from (sampling estimators only).
+    """
+
+    values: Tensor
+    stderr: Tensor
+    counts: Tensor
+    n_evals: int
+    converged: bool
+    k: int = 10
+    names: list[str] | None = None
+    method: str = ""
+    seconds: float = 0.0
+    full_value: float | None = None
+    empty_value: float | None = None
+    stats: dict[str, Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def n_players(self) -> int:
+        return len(self.values)
+
+    @property
+    def top_k(self) -> Tensor:
+        """Indices of the ``k`` highest values, best first."""
+        return self.ranking()[: self.k]
+
+    def ranking(self, descending: bool = True) -> Tensor:
+        """All player indices ordered by value (ties broken by index, so it is deterministic)."""
+        return torch.sort(self.values, descending=descending, stable=True).indices
+
+    def culprits(self, k: int | None = None, negative: bool = False) -> Tensor:
+        """The ``k`` players with the highest values, or the most negative ones with ``negative=True``."""
+        k = self.k if k is None else k
+        return self.ranking(descending=not negative)[:k]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors and Python values only (loads with ``torch.load(weights_only=True)``)."""
+        return {
+            "values": self.values,
+            "stderr": self.stderr,
+            "counts": self.counts,
+            "n_evals": int(self.n_evals),
+            "converged": bool(self.converged),
+            "k": int(self.k),
+            "names": list(self.names) if self.names is not None else None,
+            "method": self.method,
+            "seconds": float(self.seconds),
+            "full_value": self.full_value,
+            "empty_value": self.empty_value,
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShapleyResult:
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        """Write the result to ``path`` with ``torch.save``; read it back with :meth:`load`."""
+        torch.save(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ShapleyResult:
+        return cls.from_dict(torch.load(path, weights_only=True))
+
+
+def result_from_stats(stats: RunningStats, **kwargs: Any) -> ShapleyResult:
+    """A :class:`ShapleyResult` holding the means of ``stats``."""
+    return ShapleyResult(
+        values=stats.mean.clone(),
+        stderr=stats.stderr,
+        counts=stats.count.clone(),
+        stats=stats.state_dict(),
+        **kwargs,
+    )

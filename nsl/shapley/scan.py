@@ -1,0 +1,169 @@
+"""Permutation scans: remove players one at a time and record each removal's drop in value.
+
+Coalition ``t`` of a scan along ``order`` is the grand coalition without ``order[:t]``; a player at position
+``p`` gets the marginal ``v(t=p) − v(t=p+1)``. Removing along a uniformly random order samples the same
+marginals as adding along the reversed order, so the mean is an unbiased Shapley estimate. Only the
+coalitions around the players that still need samples are evaluated, several per forward pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nsl.games.base import Game
+from nsl.shapley._common import CountingGame, check_positive_int, default_batch_size
+from nsl.shapley.result import RunningStats, ShapleyResult
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Stop a scan once the value stays within ``tolerance`` of the empty-coalition value.
+
+    After ``patience`` consecutive evaluated coalitions within tolerance, the players not yet reached get
+    the marginal 0 (the original TMAB-Shapley rule, relative to v(∅) instead of a chance level).
+    """
+
+    tolerance: float
+    patience: int = 5
+
+
+def check_fraction(name: str, value: float | None, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        accepted = "None or a number in [0, 1)" if allow_none else "a number in [0, 1)"
+        raise ValueError(f"{name}={value!r} is not accepted; use {accepted}.")
+
+
+def removal_scan(
+    game: Game,
+    order: Tensor,
+    active: Tensor,
+    *,
+    v_full: float,
+    v_empty: float,
+    truncation: Truncation | None,
+    batch_size: int,
+) -> tuple[Tensor, Tensor, int]:
+    """Scan along ``order``; return the active players, their marginals and the coalitions evaluated."""
+    n = len(order)
+    positions = torch.nonzero(active[order]).squeeze(1)
+    if len(positions) == 0:
+        return positions, torch.zeros(0, dtype=torch.float64), 0
+    needed = torch.unique(torch.cat([positions, positions + 1]))
+    values = torch.full((n + 1,), float("nan"), dtype=torch.float64)
+    values[0] = v_full
+    values[n] = v_empty
+    to_eval = needed[(needed > 0) & (needed < n)]
+    rank = torch.empty(n, dtype=torch.long)
+    rank[order] = torch.arange(n)
+    evaluated = 0
+    run = 0
+    for chunk in to_eval.split(batch_size):
+        present = rank.unsqueeze(0) >= chunk.unsqueeze(1)  # (k, N): still present after removing order[:t]
+        v = game(present).double().reshape(-1)
+        evaluated += len(chunk)
+        values[chunk] = v
+        if truncation is None:
+            continue
+        stop = None
+        for t, value in zip(chunk.tolist(), v.tolist(), strict=True):
+            run = run + 1 if abs(value - v_empty) <= truncation.tolerance else 0
+            if run >= truncation.patience:
+                stop = t
+                break
+        if stop is not None:
+            # Every later coalition takes the truncation value, whatever the chunk evaluated past it,
+            # so the result does not depend on the batch size.
+            values[needed[needed > stop]] = values[stop].item()
+            break
+    return order[positions], values[positions] - values[positions + 1], evaluated
+
+
+class PermutationSampler:
+    """Draws scan orders from its own generator and accumulates marginals into :class:`RunningStats`.
+
+    Shared by ``monte_carlo`` and ``tmab``: evaluates v(N) and v(∅) once, turns a relative truncation level
+    into an absolute tolerance, and with ``antithetic=True`` follows every random order by its reverse.
+    """
+
+    def __init__(
+        self,
+        game: Game,
+        *,
+        truncation: float | None,
+        patience: int,
+        antithetic: bool,
+        batch_size: int | None,
+        seed: int,
+        resume: ShapleyResult | None = None,
+    ) -> None:
+        check_fraction("truncation", truncation)
+        check_positive_int("patience", patience)
+        check_positive_int("batch_size", batch_size, allow_none=True)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed={seed!r} must be an int.")
+        self.game = CountingGame(game)
+        self.n_players = self.game.n_players
+        self.stats = RunningStats(self.n_players)
+        if resume is not None:
+            if resume.stats is None:
+                raise ValueError("resume= needs a result of a sampling estimator (one that kept its stats).")
+            self.stats.load_state_dict(resume.stats)
+        self.batch_size = batch_size or default_batch_size(game)
+        self.antithetic = antithetic
+        self.generator = torch.Generator().manual_seed(seed)
+        self.v_full, self.v_empty = self.game.full_and_empty()
+        self.span = abs(self.v_full - self.v_empty)
+        self.truncation = None if not truncation else Truncation(truncation * self.span, patience)
+        self.scans = 0
+        self._reverse_next: Tensor | None = None
+
+    def next_order(self) -> Tensor:
+        if self._reverse_next is not None:
+            order, self._reverse_next = self._reverse_next, None
+            return order
+        order = torch.randperm(self.n_players, generator=self.generator)
+        if self.antithetic:
+            self._reverse_next = order.flip(0)
+        return order
+
+    def scan(self, active: Tensor) -> int:
+        """One scan updating the statistics of the ``active`` players; returns coalitions evaluated."""
+        players, marginals, evaluated = removal_scan(
+            self.game,
+            self.next_order(),
+            active,
+            v_full=self.v_full,
+            v_empty=self.v_empty,
+            truncation=self.truncation,
+            batch_size=self.batch_size,
+        )
+        self.stats.update(players, marginals)
+        self.scans += 1
+        return evaluated
+
+
+class Budget:
+    """Stops sampling after ``max_evals`` coalitions or ``max_seconds`` of wall time."""
+
+    def __init__(self, max_evals: int | None, max_seconds: float | None) -> None:
+        check_positive_int("max_evals", max_evals, allow_none=True)
+        if max_seconds is not None and (isinstance(max_seconds, bool) or not max_seconds > 0):
+            raise ValueError(f"max_seconds={max_seconds!r} is not accepted; use None or a number > 0.")
+        self.max_evals = max_evals
+        self.max_seconds = max_seconds
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def exhausted(self, n_evals: int) -> bool:
+        if self.max_evals is not None and n_evals >= self.max_evals:
+            return True
+        return self.max_seconds is not None and self.seconds >= self.max_seconds

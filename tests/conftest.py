@@ -1,0 +1,66 @@
+"""Shared fixtures: a small CNN really trained on the embedded digits data, and helpers to snapshot a model."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from nsl.data import DigitsDataModule, load_digits_tensors
+from nsl.models import Classifier, SmallCNN
+
+
+@pytest.fixture(scope="session")
+def trained_model() -> Classifier:
+    """A digits classifier trained for a few epochs with a real Lightning Trainer (about 2 s)."""
+    L.seed_everything(0, verbose=False)
+    model = Classifier(SmallCNN(channels=(8, 12, 16)))
+    trainer = L.Trainer(
+        max_epochs=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, DigitsDataModule(batch_size=64))
+    return model.eval()
+
+
+@pytest.fixture
+def model(trained_model: Classifier) -> Classifier:
+    """A fresh copy per test, so no test can leak changes into another."""
+    return copy.deepcopy(trained_model)
+
+
+@pytest.fixture(scope="session")
+def digits_val() -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = load_digits_tensors("val", val_size=200)
+    return x, y
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything an analysis must leave untouched: tensors bit for bit, hooks, modes, grads."""
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "modes": [m.training for m in model.modules()],
+        "hooks": [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()
+        ],
+        "grads": [p.grad is None for p in model.parameters()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["state"].keys() == before["state"].keys()
+    for key, value in before["state"].items():
+        assert torch.equal(after["state"][key], value), f"{key} changed"
+    assert after["modes"] == before["modes"], "a module's train/eval mode changed"
+    assert after["hooks"] == before["hooks"], "hooks were left on the model"
+    assert after["grads"] == before["grads"], "parameter gradients were touched"
+    assert after["requires_grad"] == before["requires_grad"]
