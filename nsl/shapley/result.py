@@ -11,17 +11,17 @@ from torch import Tensor
 
 
 class RunningStats:
-    """Per-player sum, sum of squares, count, minimum and maximum of sampled marginals.
+    """Per-player count, mean, sum of squared deviations (Welford), minimum and maximum of marginals.
 
-    Float64 tensors only, so the state survives ``torch.load(weights_only=True)`` and can be merged across
-    processes by summation.
+    Float64/int64 tensors only, so the state survives ``torch.load(weights_only=True)``; :meth:`merge`
+    combines statistics gathered elsewhere (Chan's parallel formula).
     """
 
     def __init__(self, n_players: int) -> None:
         self.n_players = n_players
-        self.total = torch.zeros(n_players, dtype=torch.float64)
-        self.total_sq = torch.zeros(n_players, dtype=torch.float64)
         self.count = torch.zeros(n_players, dtype=torch.int64)
+        self.mean = torch.zeros(n_players, dtype=torch.float64)
+        self.m2 = torch.zeros(n_players, dtype=torch.float64)
         self.low = torch.full((n_players,), float("inf"), dtype=torch.float64)
         self.high = torch.full((n_players,), float("-inf"), dtype=torch.float64)
 
@@ -29,23 +29,31 @@ class RunningStats:
         """Add one sample ``marginals[j]`` for each ``players[j]`` (players are distinct)."""
         if len(players) == 0:
             return
-        m = marginals.double()
-        self.total.index_add_(0, players, m)
-        self.total_sq.index_add_(0, players, m * m)
-        self.count.index_add_(0, players, torch.ones_like(players))
-        self.low[players] = torch.minimum(self.low[players], m)
-        self.high[players] = torch.maximum(self.high[players], m)
+        x = marginals.double()
+        n = self.count[players] + 1
+        delta = x - self.mean[players]
+        mean = self.mean[players] + delta / n
+        self.m2[players] += delta * (x - mean)
+        self.mean[players] = mean
+        self.count[players] = n
+        self.low[players] = torch.minimum(self.low[players], x)
+        self.high[players] = torch.maximum(self.high[players], x)
 
-    @property
-    def mean(self) -> Tensor:
-        return self.total / self.count.clamp(min=1)
+    def merge(self, other: RunningStats) -> None:
+        """Fold in statistics of disjoint samples of the same players."""
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        safe = n.clamp(min=1).double()
+        self.mean = self.mean + delta * other.count / safe
+        self.m2 = self.m2 + other.m2 + delta * delta * self.count * other.count / safe
+        self.count = n
+        self.low = torch.minimum(self.low, other.low)
+        self.high = torch.maximum(self.high, other.high)
 
     @property
     def var(self) -> Tensor:
         """Unbiased sample variance (0 where fewer than 2 samples)."""
-        n = self.count.double()
-        var = (self.total_sq - self.total * self.total / n.clamp(min=1)) / (n - 1).clamp(min=1)
-        return var.clamp(min=0) * (n > 1)
+        return self.m2.clamp(min=0) / (self.count - 1).clamp(min=1)
 
     @property
     def stderr(self) -> Tensor:
@@ -57,24 +65,13 @@ class RunningStats:
         return torch.where(self.count > 0, self.high - self.low, torch.zeros_like(self.high))
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {
-            "total": self.total.clone(),
-            "total_sq": self.total_sq.clone(),
-            "count": self.count.clone(),
-            "low": self.low.clone(),
-            "high": self.high.clone(),
-        }
+        return {k: getattr(self, k).clone() for k in ("count", "mean", "m2", "low", "high")}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        if state["total"].shape != (self.n_players,):
-            raise ValueError(
-                f"saved statistics are for {state['total'].shape[0]} players, not {self.n_players}."
-            )
-        self.total = state["total"].double().clone()
-        self.total_sq = state["total_sq"].double().clone()
-        self.count = state["count"].long().clone()
-        self.low = state["low"].double().clone()
-        self.high = state["high"].double().clone()
+        if state["mean"].shape != (self.n_players,):
+            raise ValueError(f"saved statistics are for {state['mean'].shape[0]} players, not {self.n_players}.")
+        for key in ("count", "mean", "m2", "low", "high"):
+            setattr(self, key, state[key].clone())
 
 
 @dataclass

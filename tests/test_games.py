@@ -1,0 +1,212 @@
+"""Games on a real trained CNN: values agree with torchmetrics on hand-edited copies; bad input fails early."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_recall
+
+from conftest import assert_unchanged, snapshot
+from nsl import AccuracyGame, AdversarialGame, ClassGame, FairnessGame, FilterPlayers
+from nsl.games import check_game, linf_attack
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(multiclass_accuracy(model(x), y, num_classes=10, average="micro"))
+
+
+def _without_filters(model: nn.Module, players: FilterPlayers, indices: list[int]) -> nn.Module:
+    """A copy with filters removed by editing weights (conv kernel and BN affine of the channel set to 0)."""
+    copy_ = copy.deepcopy(model)
+    modules = dict(copy_.named_modules())
+    with torch.no_grad():
+        for i in indices:
+            layer = next(layer for layer in players.layers if i in layer.players)
+            c = i - layer.offset
+            modules[layer.name].weight[c] = 0
+            modules[layer.mask_at].weight[c] = 0
+            modules[layer.mask_at].bias[c] = 0
+    return copy_
+
+
+def test_masked_accuracy_equals_accuracy_of_a_hand_pruned_copy(model, digits_val):
+    x, y = digits_val
+    players = FilterPlayers(model)
+    game = AccuracyGame(model, players, x, y)
+    assert check_game(game) == 36
+    strongest = [int(i) for i in torch.randperm(36, generator=torch.Generator().manual_seed(1))[:12]]
+    present = torch.ones(36, dtype=torch.bool)
+    present[strongest] = False
+    value = float(game(present)[0])
+    expected = _accuracy(_without_filters(model, players, strongest), x, y)
+    assert value == pytest.approx(expected, abs=1e-9)
+    assert game.full_value() == pytest.approx(_accuracy(model, x, y), abs=1e-9)
+    assert value < game.full_value()  # removing a third of the filters costs accuracy
+
+
+def test_chunked_and_batched_evaluation_agree(model, digits_val):
+    x, y = digits_val
+    players = FilterPlayers(model)
+    present = torch.rand(7, 36, generator=torch.Generator().manual_seed(0)) > 0.4
+    one_by_one = AccuracyGame(model, players, x, y, chunk_size=1)
+    batched = AccuracyGame(model, players, x, y, chunk_size=4)
+    a, b = one_by_one(present), batched(present)
+    torch.testing.assert_close(a, b)
+    assert one_by_one.n_evals == batched.n_evals == 7 + 0  # construction forward is not a coalition
+    assert a.dtype == torch.float64 and a.shape == (7,)
+
+
+def test_smooth_metric_and_callable_metric(model, digits_val):
+    x, y = digits_val
+    players = FilterPlayers(model)
+    nll = AccuracyGame(model, players, x, y, metric="neg_cross_entropy")
+    with torch.no_grad():
+        expected = -torch.nn.functional.cross_entropy(model(x), y)
+    assert nll.full_value() == pytest.approx(float(expected), rel=1e-5)
+    custom = AccuracyGame(model, players, x, y, metric=lambda logits, t: logits[..., 0].mean(dim=1))
+    with torch.no_grad():
+        assert custom.full_value() == pytest.approx(float(model(x)[:, 0].mean()), rel=1e-5)
+
+
+def test_class_game_is_recall_of_that_class(model, digits_val):
+    x, y = digits_val
+    players = FilterPlayers(model)
+    game = ClassGame(model, players, x, y, class_index=3)
+    assert len(game.inputs) == int((y == 3).sum())
+    present = torch.ones(36, dtype=torch.bool)
+    present[20:28] = False
+    pruned = _without_filters(model, players, list(range(20, 28)))
+    with torch.no_grad():
+        recall = multiclass_recall(pruned(x), y, num_classes=10, average=None)[3]
+    assert float(game(present)[0]) == pytest.approx(float(recall), abs=1e-9)
+
+
+def test_fairness_game_metrics(model, digits_val):
+    x, y = digits_val
+    groups = (torch.arange(len(y)) % 2) + 10  # arbitrary integer codes are fine
+    players = FilterPlayers(model)
+    present = torch.ones(36, dtype=torch.bool)
+    present[:3] = False
+    pruned = _without_filters(model, players, list(range(3)))
+    acc = [_accuracy(pruned, x[groups == g], y[groups == g]) for g in (10, 11)]
+    worst = FairnessGame(model, players, x, y, groups)
+    gap = FairnessGame(model, players, x, y, groups, metric="accuracy_gap")
+    assert float(worst(present)[0]) == pytest.approx(min(acc), abs=1e-9)
+    assert float(gap(present)[0]) == pytest.approx(1 - abs(acc[0] - acc[1]), abs=1e-9)
+    parity = FairnessGame(model, players, x, y, groups, metric="demographic_parity", positive_class=1)
+    with torch.no_grad():
+        pos = pruned(x).argmax(1) == 1
+    rates = [pos[groups == g].float().mean() for g in (10, 11)]
+    assert min(rates) > 0
+    assert float(parity(present)[0]) == pytest.approx(float(min(rates) / max(rates)), abs=1e-6)
+
+
+def test_adversarial_game_examples_and_success(model, digits_val):
+    x, y = digits_val
+    players = FilterPlayers(model)
+    before = snapshot(model)
+    pgd = AdversarialGame(model, players, x, y, attack="pgd", eps=0.3, steps=10, targeted=False)
+    fgsm = AdversarialGame(model, players, x, y, attack="fgsm", eps=0.3, targeted=False)
+    assert_unchanged(model, before)  # the attack differentiates w.r.t. inputs only
+    for game in (pgd, fgsm):
+        delta = (game.inputs - game.clean_inputs).abs().max()
+        assert delta <= 0.3 + 1e-6
+        assert game.inputs.min() >= x.min() - 1e-6 and game.inputs.max() <= x.max() + 1e-6
+    success = pgd.full_value()
+    assert success == pytest.approx(1 - _accuracy(model, pgd.inputs, y), abs=1e-9)
+    assert success > 0.5  # a 10-step PGD with eps=0.3 breaks a small digits CNN
+    assert success >= fgsm.full_value() - 0.05
+    targeted = AdversarialGame(model, players, x, y, eps=0.3, steps=10, target_class=7)
+    with torch.no_grad():
+        hit = (model(targeted.inputs).argmax(1) == 7).float().mean()
+    assert targeted.full_value() == pytest.approx(float(hit), abs=1e-9)
+    assert targeted.full_value() > (y == 7).float().mean() + 0.2
+
+
+def test_attack_uses_its_own_generator(model, digits_val):
+    x, y = digits_val
+    torch.manual_seed(0)
+    expected_next = torch.rand(3)
+    torch.manual_seed(0)
+    a = linf_attack(model, x[:20], y[:20], eps=0.1, steps=3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(torch.rand(3), expected_next)  # the global RNG was not consumed
+    b = linf_attack(model, x[:20], y[:20], eps=0.1, steps=3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+class _NaNModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.head = nn.Linear(2, 10)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean(dim=(2, 3))) * float("nan")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda x, y: (x[:0], y[:0]), "evaluation data is empty"),
+        (lambda x, y: (x, y + 5), "target 14 is out of range for a model with 10 classes"),
+        (lambda x, y: (x, y[:10]), r"targets must be a tensor of shape \(200,\)"),
+        (lambda x, y: (x, y.float()), "integer class labels"),
+    ],
+)
+def test_bad_evaluation_data_fails_before_work(model, digits_val, change, match):
+    players = FilterPlayers(model)
+    before = snapshot(model)
+    with pytest.raises((ValueError, TypeError), match=match):
+        AccuracyGame(model, players, *change(*digits_val))
+    assert_unchanged(model, before)
+
+
+def test_other_bad_game_arguments(model, digits_val):
+    x, y = digits_val
+    players = FilterPlayers(model)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        nan_model = _NaNModel()
+        AccuracyGame(nan_model, FilterPlayers(nan_model), x, y)
+    with pytest.raises(ValueError, match="class_index=11 has no sample"):
+        ClassGame(model, players, x, y, class_index=11)
+    with pytest.raises(ValueError, match="metric='f1'"):
+        AccuracyGame(model, players, x, y, metric="f1")
+    with pytest.raises(ValueError, match="single group"):
+        FairnessGame(model, players, x, y, torch.zeros_like(y))
+    with pytest.raises(ValueError, match="attack='cw'"):
+        AdversarialGame(model, players, x, y, attack="cw")
+    with pytest.raises(ValueError, match="different model"):
+        AccuracyGame(copy.deepcopy(model), players, x, y)
+
+
+class _FailsOnBigBatches(nn.Module):
+    """A real model that breaks when fed more rows than it was built for (a failure mid-analysis)."""
+
+    def __init__(self, inner: nn.Module, max_rows: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.max_rows = max_rows
+
+    def forward(self, x):
+        if len(x) > self.max_rows:
+            raise RuntimeError("out of memory (simulated by a model that refuses large batches)")
+        return self.inner(x)
+
+
+def test_model_left_exactly_as_before_after_games_and_after_an_exception(model, digits_val):
+    x, y = digits_val
+    model.train()  # the analysis must restore training mode too
+    wrapped = _FailsOnBigBatches(model, max_rows=len(x))
+    wrapped.train()
+    before = snapshot(wrapped)
+    players = FilterPlayers(wrapped)
+    game = AccuracyGame(wrapped, players, x, y, chunk_size=3)
+    game(torch.ones(36, dtype=torch.bool))
+    assert_unchanged(wrapped, before)
+    with pytest.raises(RuntimeError, match="simulated"):
+        game(torch.ones(3, 36, dtype=torch.bool))
+    assert_unchanged(wrapped, before)
