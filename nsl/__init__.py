@@ -4,9 +4,11 @@ Pipeline: players (filters) → games (torchmetrics values) → estimators (tmab
 callback → repair.
 """
 
-from nsl import games, shapley
+from nsl import games, interactions, repair, shapley
+from nsl.callback import NeuronShapley
 from nsl.games import AccuracyGame, AdversarialGame, ClassGame, FairnessGame
 from nsl.players import FilterPlayers
+from nsl.repair import FilterDropout, PrunedFilters, prune_filters
 from nsl.shapley import ShapleyResult, exact, monte_carlo, tmab
 
 __version__ = "0.1.0"
@@ -16,11 +18,17 @@ __all__ = [
     "AdversarialGame",
     "ClassGame",
     "FairnessGame",
+    "FilterDropout",
     "FilterPlayers",
+    "NeuronShapley",
+    "PrunedFilters",
     "ShapleyResult",
     "exact",
     "games",
+    "interactions",
     "monte_carlo",
+    "prune_filters",
+    "repair",
     "shapley",
     "tmab",
 ]

@@ -1,0 +1,127 @@
+"""``nsl-train``: train with Lightning, run Neuron Shapley games on the model, repair it, log to W&B.
+
+Everything is composed by Hydra from ``nsl/conf`` (``train.yaml`` and its groups), so runs are changed and
+swept from the command line::
+
+    nsl-train                                   # digits, small CNN, 4 games, prune culprits, W&B offline
+    nsl-train game=accuracy repair=none trainer.max_epochs=5
+    nsl-train -m repair=none,filter_dropout     # two runs in one W&B group
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from nsl.callback import NeuronShapley
+
+
+def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
+    """Every ``_target_`` entry of a config group (a mapping of name -> component)."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def _run_name() -> str:
+    """The config-group choices on the command line (``repair=filter_dropout``) name a run; else ``default``."""
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # composed without @hydra.main (tests)
+        return "default"
+    choices = [o for o in overrides if "=" in o and "." not in o.split("=")[0] and o[0] not in "+~"]
+    return ",".join(choices) or "default"
+
+
+def _run_group(task_name: str) -> str:
+    """One W&B group per invocation: every job of a multirun shares its sweep folder's timestamp."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return task_name
+    output = Path(hc.runtime.output_dir)
+    multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    return f"{task_name}-{(output.parent if multirun else output).name}"
+
+
+def _hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without Hydra's own node (which composes-for-tests carry unresolvable)."""
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    return OmegaConf.to_container(plain, resolve=True)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate data, model, callbacks, loggers and trainer from ``cfg``; fit, test; return the metrics.
+
+    Every component is built before training starts, so a bad config value fails at once.
+    """
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    model: L.LightningModule = instantiate(cfg.model)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    logger_cfg = cfg.get("logger")
+    if logger_cfg:
+        for c in logger_cfg.values():
+            if c.get("_target_", "").endswith("WandbLogger"):
+                if c.get("name") is None:
+                    c.name = _run_name()
+                if c.get("group") is None:
+                    c.group = _run_group(cfg.task_name)
+    loggers: list[Logger] = _instantiate_all(logger_cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    try:
+        for logger in loggers:
+            logger.log_hyperparams(_hyperparameters(cfg))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("test"):
+            trainer.test(model, datamodule=datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if trainer.is_global_zero:
+            _print_summary(trainer, callbacks, loggers, metrics)
+        return metrics
+    finally:
+        # Each job of a multirun must close its W&B run, or the runs merge into one.
+        for logger in loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                logger.experiment.finish()
+
+
+def _print_summary(trainer: L.Trainer, callbacks: list[Any], loggers: list[Logger], metrics: dict) -> None:
+    lines = ["", "nsl-train finished."]
+    for key in ("val/acc", "test/acc"):
+        if key in metrics:
+            lines.append(f"  {key}: {metrics[key]:.4f}")
+    for cb in callbacks:
+        if isinstance(cb, NeuronShapley):
+            for name, result in cb.results.items():
+                top = ", ".join(result.names[i] for i in result.top_k[:3].tolist()) if result.names else ""
+                lines.append(
+                    f"  {name}: {result.method} converged={result.converged}, {result.n_evals} evaluations; "
+                    f"top filters {top}"
+                )
+            lines.append(f"  Shapley results: {cb.output_dir(trainer)}")
+    lines.append(f"  run folder: {Path(trainer.default_root_dir).resolve()}")
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            run_dir = logger.experiment.dir.removesuffix("/files")
+            lines.append(f"  W&B run: {run_dir} (group {logger._wandb_init.get('group')})")
+    print("\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Console entry point ``nsl-train``; returns test accuracy (for Hydra sweepers)."""
+    metrics = train(cfg)
+    return metrics.get("test/acc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The NeuronShapley callback with a real Trainer, real torchmetrics games and a real offline W&B run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+from nsl import NeuronShapley, ShapleyResult
+from nsl.data import DigitsDataModule, FairDigitsDataModule
+from nsl.models import Classifier, SmallCNN
+
+FAST = {"max_evals": 120, "eval_size": 64, "verbose": False, "curve_steps": 5}
+
+
+def make_trainer(tmp_path: Path, callbacks: list, epochs: int = 2, **kwargs) -> L.Trainer:
+    options = {
+        "max_epochs": epochs,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+        "limit_train_batches": 8,
+    }
+    options.update(kwargs)
+    return L.Trainer(callbacks=callbacks, **options)
+
+
+def fit(tmp_path: Path, callbacks: list, epochs: int = 2, datamodule=None, **kwargs) -> Classifier:
+    L.seed_everything(0, verbose=False)
+    model = Classifier(SmallCNN(channels=(6, 8, 10)))
+    trainer = make_trainer(tmp_path, callbacks, epochs, **kwargs)
+    trainer.fit(model, datamodule or DigitsDataModule())
+    model.rng_after_fit = torch.random.get_rng_state()
+    model.fitted_by = trainer
+    return model
+
+
+def test_fit_runs_games_on_schedule_and_saves_results(tmp_path: Path) -> None:
+    cb = NeuronShapley(games=["accuracy", {"kind": "class", "class_index": 3}], every_n_epochs=2, **FAST)
+    fit(tmp_path, [cb], epochs=3)
+    assert set(cb.results) == {"accuracy", "class_3"}
+    # Epochs 0 and 2 on the schedule, then fit end.
+    assert [h["epoch"] for h in cb.history["accuracy"]] == [0, 2, 3]
+    assert [h["stage"] for h in cb.history["accuracy"]] == ["epoch", "epoch", "fit_end"]
+    result = cb.results["accuracy"]
+    assert len(result.values) == 24 and result.names[0] == "net.features.0:0"
+    assert result.n_evals >= 120  # the budget was used (a budgeted run stops at the first scan past it)
+    saved = ShapleyResult.load(tmp_path / "neuron_shapley" / "accuracy.pt")
+    assert torch.equal(saved.values, result.values) and saved.names == result.names
+    csv_rows = (tmp_path / "neuron_shapley" / "class_3.csv").read_text().splitlines()
+    assert csv_rows[0] == "rank,filter,layer,value,stderr,samples" and len(csv_rows) == 25
+    assert set(cb.curves) == {"accuracy", "class_3"}
+    assert cb.curves["accuracy"]["removed"] == list(range(6))
+
+
+def test_start_epoch_fraction_and_sanity_check_skipped(tmp_path: Path) -> None:
+    cb = NeuronShapley(games="accuracy", every_n_epochs=1, start_epoch=0.5, at_fit_end=False, **FAST)
+    fit(tmp_path, [cb], epochs=4, num_sanity_val_steps=2)
+    assert [h["epoch"] for h in cb.history["accuracy"]] == [2, 3]
+
+
+def test_analysis_only_training_is_bitwise_identical(tmp_path: Path) -> None:
+    plain = fit(tmp_path / "a", [], epochs=3)
+    cb = NeuronShapley(
+        games=["accuracy", {"kind": "adversarial", "attack": "fgsm"}], every_n_epochs=1, removal_curve=True, **FAST
+    )
+    analysed = fit(tmp_path / "b", [cb], epochs=3)
+    assert len(cb.history["adversarial"]) == 4
+    for (key, a), b in zip(plain.state_dict().items(), analysed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), f"{key} differs after training with the analysis-only callback"
+    assert all(not m._forward_hooks for m in analysed.modules())
+    # And the global RNG stream after training is where it would have been.
+    assert torch.equal(plain.rng_after_fit, analysed.rng_after_fit)
+
+
+def test_rng_untouched_by_a_run(tmp_path: Path) -> None:
+    cb = NeuronShapley(games=["accuracy", "adversarial"], at_fit_end=False, every_n_epochs=1, **FAST)
+    model = fit(tmp_path, [cb], epochs=1)
+    state = torch.random.get_rng_state()
+    cb.run(model.fitted_by, model)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert len(cb.history["adversarial"]) == 2
+
+
+def test_wandb_run_read_back_matches_saved_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(project="nsl-test", save_dir=str(tmp_path), offline=True)
+    cb = NeuronShapley(games="accuracy", top_k=5, **FAST)
+    fit(tmp_path, [cb], epochs=3, logger=logger, limit_train_batches=None)
+    run_dir = Path(logger.experiment.dir).parent
+    logger.experiment.finish()
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", str(run_dir), "--json"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    history = {}
+    for line in out.splitlines():
+        record = json.loads(line)
+        if record.get("type") == "history":
+            history.update(record["history"]["item"])
+    result = ShapleyResult.load(tmp_path / "neuron_shapley" / "accuracy.pt")
+    assert float(result.values.max()) > float(result.values.min())
+    # Histogram: every filter counted, bins spanning the saved values.
+    assert history["shapley/accuracy/values._type"] == "histogram"
+    assert sum(history["shapley/accuracy/values.values"]) == len(result.values)
+    bins = history["shapley/accuracy/values.bins"]
+    assert bins[0] == pytest.approx(float(result.values.min()))
+    assert bins[-1] == pytest.approx(float(result.values.max()))
+    # Table: the top-5 rows, as saved.
+    table_path = run_dir / "files" / history["shapley/accuracy/top_k.path"]
+    table = json.loads(table_path.read_text())
+    assert table["columns"] == ["rank", "filter", "layer", "value", "stderr", "samples"]
+    assert [row[1] for row in table["data"]] == [result.names[i] for i in result.top_k[:5].tolist()]
+    assert [row[3] for row in table["data"]] == pytest.approx(result.values[result.top_k[:5]].tolist())
+    assert history["shapley/accuracy/n_evals"] == result.n_evals
+    assert history["shapley/accuracy/removal_curve._type"] == "image-file"
+
+
+@pytest.mark.parametrize("kind", ["csv", "tensorboard", "none"])
+def test_other_loggers_and_no_logger(tmp_path: Path, kind: str) -> None:
+    logger = {"csv": CSVLogger(tmp_path), "tensorboard": TensorBoardLogger(tmp_path), "none": False}[kind]
+    cb = NeuronShapley(games="accuracy", **FAST)
+    fit(tmp_path, [cb], epochs=1, logger=logger)
+    assert "accuracy" in cb.results
+    if kind == "csv":
+        logger.save()
+        text = (Path(logger.log_dir) / "metrics.csv").read_text()
+        assert "shapley/accuracy/top1_value" in text
+    if kind == "tensorboard":
+        assert list(Path(logger.log_dir).glob("events.out.tfevents.*"))
+
+
+def test_resume_from_checkpoint_keeps_statistics(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1, every_n_epochs=1)
+    options = {"estimator": "monte_carlo", "estimator_kwargs": {"n_permutations": 3}, "accumulate": True}
+    cb = NeuronShapley(games="accuracy", every_n_epochs=1, at_fit_end=False, **options, **FAST)
+    fit(tmp_path, [cb, ckpt], epochs=2, enable_checkpointing=True)
+    first = cb.results["accuracy"]
+    assert cb.runs == 2
+    # A new process would build a new callback: resume from the checkpoint of epoch 1 (its state saved there).
+    resumed = NeuronShapley(games="accuracy", every_n_epochs=1, at_fit_end=False, **options, **FAST)
+    L.seed_everything(0, verbose=False)
+    model = Classifier(SmallCNN(channels=(6, 8, 10)))
+    trainer = make_trainer(tmp_path, [resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt2")], epochs=3,
+                           enable_checkpointing=True)
+    trainer.fit(model, DigitsDataModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert [h["epoch"] for h in resumed.history["accuracy"]] == [0, 1, 2]
+    assert resumed.runs == 3
+    # With accumulate=True the third run continued from the checkpointed statistics: 3 permutations per run,
+    # one sample per filter per permutation.
+    assert torch.all(first.counts == 6)
+    assert torch.all(resumed.results["accuracy"].counts == 9)
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)  # plain tensors and Python only
+
+
+def test_fairness_game_uses_datamodule_groups_and_prune_repair(tmp_path: Path) -> None:
+    cb = NeuronShapley(
+        games=["accuracy", "fairness"],
+        repair={"method": "prune", "game": "accuracy", "k": 3, "only_signed": False},
+        **FAST,
+    )
+    model = fit(tmp_path, [cb], epochs=2, datamodule=FairDigitsDataModule())
+    assert "fairness" in cb.results
+    rows = {r["metric"]: r for r in cb.repair_report}
+    assert set(rows) == {"accuracy", "fairness"}
+    pruned = cb.results["accuracy"].culprits(3, negative=True)
+    # The pruned filters are exactly zero after their BatchNorm: its scale and shift are zeroed.
+    bn_weights = torch.cat([m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert torch.all(bn_weights[pruned] == 0)
+    assert "| accuracy |" in (tmp_path / "neuron_shapley" / "repair.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"games": ["accuracy", "bogus"]}, "unknown game kind 'bogus'"),
+        ({"games": ["accuracy", "accuracy"]}, "must be distinct"),
+        ({"top_k": 0}, "top_k=0"),
+        ({"every_n_epochs": 0}, "every_n_epochs=0"),
+        ({"start_epoch": 1.5}, "start_epoch=1.5"),
+        ({"estimator": "sobol"}, "estimator='sobol'"),
+        ({"every_n_epochs": None, "at_fit_end": False}, "never run"),
+        ({"repair": {"method": "melt"}}, "method='melt'"),
+        ({"repair": {"game": "fairness"}}, "game='fairness'"),
+        ({"repair": {"p": 1.0, "method": "dropout_finetune"}}, "p=1.0"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        NeuronShapley(**kwargs)
+
+
+def test_unknown_layer_pattern_fails_before_training(tmp_path: Path) -> None:
+    cb = NeuronShapley(games="accuracy", layers="net.nothing*", **FAST)
+    L.seed_everything(0, verbose=False)
+    model = Classifier(SmallCNN(channels=(6, 8, 10)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"net\.nothing\*"):
+        make_trainer(tmp_path, [cb]).fit(model, DigitsDataModule())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_fairness_without_groups_is_a_clear_error(tmp_path: Path) -> None:
+    cb = NeuronShapley(games="fairness", **FAST)
+    with pytest.raises(ValueError, match="sensitive attribute"):
+        fit(tmp_path, [cb], epochs=1)

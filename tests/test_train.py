@@ -1,0 +1,128 @@
+"""The Hydra app: the real config composes and instantiates, bad values fail early, a real multirun runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+import nsl
+from nsl.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=4",
+    "trainer.enable_progress_bar=false",
+    "callbacks.neuron_shapley.max_evals=60",
+    "callbacks.neuron_shapley.eval_size=64",
+    "callbacks.neuron_shapley.curve_steps=3",
+    "model.net.channels=[4,6,8]",
+]
+
+
+def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_module("nsl.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_default_config_composes_the_documented_run(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, [])
+    assert cfg.data._target_ == "nsl.data.FairDigitsDataModule"
+    assert cfg.model.net._target_ == "nsl.models.SmallCNN"
+    assert [g.kind for g in cfg.callbacks.neuron_shapley.games] == ["accuracy", "class", "fairness", "adversarial"]
+    assert cfg.callbacks.neuron_shapley.repair.method == "prune"
+    assert cfg.logger.wandb.offline is True
+    callback = instantiate(cfg.callbacks.neuron_shapley)
+    assert isinstance(callback, nsl.NeuronShapley) and [s.name for s in callback.specs] == [
+        "accuracy", "class", "fairness", "adversarial"
+    ]
+
+
+@pytest.mark.parametrize("repair", ["none", "prune", "filter_dropout", "guided_dropout"])
+@pytest.mark.parametrize("game", ["all", "accuracy", "fairness", "adversarial"])
+def test_every_group_option_instantiates(tmp_path: Path, repair: str, game: str) -> None:
+    cfg = compose_train(tmp_path, [f"repair={repair}", f"game={game}"])
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if "_target_" in c]
+    names = {type(c).__name__ for c in callbacks}
+    assert ("FilterDropout" in names) == (repair == "filter_dropout")
+    shapley = next(c for c in callbacks if isinstance(c, nsl.NeuronShapley))
+    assert (shapley.repair is None) == (repair in ("none", "filter_dropout"))
+
+
+def test_bad_config_values_fail_with_clear_errors(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, ["callbacks.neuron_shapley.games=[accuracy,bogus]"])
+    with pytest.raises(InstantiationException, match="unknown game kind 'bogus'"):
+        instantiate(cfg.callbacks.neuron_shapley)
+    cfg = compose_train(tmp_path, ["repair=filter_dropout", "callbacks.filter_dropout.p=1.0"])
+    with pytest.raises(InstantiationException, match=r"p=1\.0"):
+        instantiate(cfg.callbacks.filter_dropout)
+    cfg = compose_train(tmp_path, [*TINY, "logger=none", "callbacks.neuron_shapley.layers=net.nope*"])
+    with pytest.raises(ValueError, match=r"net\.nope\*"):
+        train(cfg)
+
+
+def test_train_runs_end_to_end_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train(tmp_path, [*TINY, "logger=csv", "repair=prune", "callbacks.neuron_shapley.repair.k=2"])
+    metrics = train(cfg)
+    assert 0 <= metrics["test/acc"] <= 1
+    out = tmp_path / "neuron_shapley"
+    for game in ("accuracy", "class", "fairness", "adversarial"):
+        assert (out / f"{game}.pt").exists() and (out / f"{game}.csv").exists()
+    assert "| metric | before | after | change |" in (out / "repair.md").read_text()
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def _wandb_run(run_dir: Path) -> dict:
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", str(run_dir), "--json"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return next(json.loads(line)["run"] for line in out.splitlines() if json.loads(line).get("type") == "run")
+
+
+@pytest.mark.slow
+def test_multirun_baseline_vs_filter_dropout_share_a_wandb_group(tmp_path: Path) -> None:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "NSL_ROOT": str(tmp_path)}
+    cmd = [sys.executable, "-m", "nsl.train", "-m", "repair=none,filter_dropout", "game=accuracy", *TINY]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweeps = list((tmp_path / "outputs" / "train" / "multiruns").glob("*/*"))
+    assert sorted(p.name for p in sweeps if p.is_dir() and p.name.isdigit()) == ["0", "1"]
+    runs = sorted(tmp_path.glob("outputs/train/multiruns/*/*/wandb/offline-run-*"))
+    assert len(runs) == 2, runs
+    infos = [_wandb_run(r) for r in runs]
+    assert infos[0]["run_group"] == infos[1]["run_group"]
+    assert {i["display_name"] for i in infos} == {"repair=none,game=accuracy", "repair=filter_dropout,game=accuracy"}
+    assert infos[0]["run_id"] != infos[1]["run_id"]
+
+
+@pytest.mark.slow
+def test_configs_ship_in_the_wheel(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = tmp_path.glob("nsl-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for config in sorted((ROOT / "nsl" / "conf").rglob("*.yaml")):
+        assert f"nsl/conf/{config.relative_to(ROOT / 'nsl' / 'conf')}" in names
