@@ -168,6 +168,23 @@ def test_tmab_finds_the_planted_top_k_with_fewer_evaluations():
     assert result.n_evals < reference.n_evals / 2
 
 
+@pytest.mark.parametrize("tail", ["bottom", "both"])
+def test_tmab_finds_the_planted_bottom_k(tail: str):
+    planted = _planted_game()
+    g = torch.Generator().manual_seed(3)
+    culprits = torch.randperm(planted.n_players, generator=g)[:5].tolist()
+    # the planted game plus five clearly harmful players
+    dividends = {t: float(c) - (0.1 + 0.02 * culprits.index(t[0]) if len(t) == 1 and t[0] in culprits else 0.0)
+                 for t, c in zip(planted.terms, planted.coef, strict=True)}
+    game = HarsanyiGame(planted.n_players, dividends)
+    truth = game.shapley()
+    result = tmab(game, 5, truncation=None, tail=tail, seed=1)
+    assert result.converged
+    assert set(result.culprits(5, negative=True).tolist()) == set(torch.topk(-truth, 5).indices.tolist())
+    if tail == "both":
+        assert set(result.top_k.tolist()) == set(torch.topk(truth, 5).indices.tolist())
+
+
 def test_tmab_reports_a_budget_that_ran_out():
     game = _planted_game()
     result = tmab(game, 5, max_evals=300, truncation=None)
@@ -185,6 +202,7 @@ def test_tmab_reports_a_budget_that_ran_out():
         ({"truncation": 1.2}, "truncation=1.2"),
         ({"max_evals": 0}, "max_evals=0"),
         ({"bound": "hoeffding"}, "bound='hoeffding'"),
+        ({"tail": "middle"}, "tail='middle'"),
     ],
 )
 def test_tmab_bad_arguments_fail_before_any_evaluation(kwargs, match):

@@ -274,19 +274,19 @@ class NeuronShapley(Callback):
             options["seed"] = self.seed + g
         game = spec.build(pl_module, players, data, **options)
         top_k = min(spec.top_k or self.top_k, len(players) - 1)
-        budget = {
-            "max_evals": spec.max_evals or self.max_evals,
-            "max_seconds": spec.max_seconds or self.max_seconds,
-        }
+        budget = {"max_seconds": spec.max_seconds or self.max_seconds}
+        if (spec.max_evals or self.max_evals) is not None:  # else the estimator's own default budget
+            budget["max_evals"] = spec.max_evals or self.max_evals
         previous = self.results.get(spec.name) if self.accumulate else None
         if previous is not None and (previous.stats is None or previous.n_players != len(players)):
             previous = None
         if self.estimator == "tmab":
-            result = tmab(game, top_k, seed=seed, resume=previous, names=players.names, **budget,
-                          **self.estimator_kwargs)
+            # Games whose culprits are negative need their bottom-k resolved too, not only their top-k.
+            kwargs = {"tail": "both" if spec.negative_culprits else "top", **self.estimator_kwargs}
+            result = tmab(game, top_k, seed=seed, resume=previous, names=players.names, **budget, **kwargs)
         else:
             kwargs = {"n_permutations": 100, **self.estimator_kwargs}
-            result = monte_carlo(game, seed=seed, resume=previous, names=players.names, **kwargs)
+            result = monte_carlo(game, seed=seed, resume=previous, names=players.names, **budget, **kwargs)
             result.k = top_k
         curve = None
         if self.removal_curve:
