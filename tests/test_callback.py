@@ -215,3 +215,24 @@ def test_fairness_without_groups_is_a_clear_error(tmp_path: Path) -> None:
     cb = NeuronShapley(games="fairness", **FAST)
     with pytest.raises(ValueError, match="sensitive attribute"):
         fit(tmp_path, [cb], epochs=1)
+
+
+def test_guided_dropout_finetune_repair_reports_and_changes_weights(tmp_path: Path) -> None:
+    cb = NeuronShapley(
+        games="accuracy", repair={"method": "dropout_finetune", "epochs": 1, "p": 0.2}, **FAST
+    )
+    L.seed_everything(0, verbose=False)
+    model = Classifier(SmallCNN(channels=(6, 8, 10)))
+    trainer = make_trainer(tmp_path, [cb], epochs=1)
+
+    class Snapshot(L.Callback):
+        def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.before = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    snap = Snapshot()
+    trainer.callbacks.insert(0, snap)  # runs before NeuronShapley's fit-end repair
+    trainer.fit(model, DigitsDataModule())
+    assert [r["metric"] for r in cb.repair_report] == ["accuracy"]
+    changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, snap.before[k])]
+    assert any(k.startswith("net.features") for k in changed)
+    assert "filter dropout" in (tmp_path / "neuron_shapley" / "repair.md").read_text()
