@@ -96,7 +96,7 @@ def test_wandb_run_read_back_matches_saved_results(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     logger = WandbLogger(project="nsl-test", save_dir=str(tmp_path), offline=True)
-    cb = NeuronShapley(games="accuracy", top_k=5, **FAST)
+    cb = NeuronShapley(games="accuracy", top_k=5, interactions=4, **FAST)
     fit(tmp_path, [cb], epochs=3, logger=logger, limit_train_batches=None)
     run_dir = Path(logger.experiment.dir).parent
     logger.experiment.finish()
@@ -125,6 +125,9 @@ def test_wandb_run_read_back_matches_saved_results(tmp_path: Path, monkeypatch: 
     assert [row[3] for row in table["data"]] == pytest.approx(result.values[result.top_k[:5]].tolist())
     assert history["shapley/accuracy/n_evals"] == result.n_evals
     assert history["shapley/accuracy/removal_curve._type"] == "image-file"
+    assert history["shapley/accuracy/interactions._type"] == "image-file"
+    matrix = cb.interaction_matrices["accuracy"]
+    assert matrix.names == [result.names[i] for i in result.top_k[:4].tolist()] and matrix.matrix.shape == (4, 4)
 
 
 @pytest.mark.parametrize("kind", ["csv", "tensorboard", "none"])
@@ -194,6 +197,7 @@ def test_fairness_game_uses_datamodule_groups_and_prune_repair(tmp_path: Path) -
         ({"repair": {"method": "melt"}}, "method='melt'"),
         ({"repair": {"game": "fairness"}}, "game='fairness'"),
         ({"repair": {"p": 1.0, "method": "dropout_finetune"}}, "p=1.0"),
+        ({"interactions": 13}, "interactions=13"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs: dict, message: str) -> None:

@@ -69,6 +69,8 @@ class NeuronShapley(Callback):
         save_dir: folder for result files (``None``: ``<trainer.default_root_dir>/neuron_shapley``).
         repair: what to do with culprits after the fit-end run, e.g. ``{"method": "prune", "game": "fairness",
             "k": 5}``; see :mod:`nsl.callback.repair`. ``None``: analysis only.
+        interactions: also compute the exact pairwise Shapley interaction index among this many top filters
+            (all other filters kept on; 2^n evaluations, n ≤ 12) and log it as a heatmap; 0 to skip.
         verbose: print a summary of each run.
 
     Example::
@@ -101,6 +103,7 @@ class NeuronShapley(Callback):
         chunk_size: int | None = None,
         save_dir: str | Path | None = None,
         repair: Mapping[str, Any] | None = None,
+        interactions: int = 0,
         verbose: bool = True,
     ) -> None:
         super().__init__()
@@ -126,6 +129,8 @@ class NeuronShapley(Callback):
         for spec in self.specs:
             if spec.top_k is not None:
                 _check_optional_positive(f"{spec.name}.top_k", spec.top_k)
+        if isinstance(interactions, bool) or not isinstance(interactions, int) or not 0 <= interactions <= 12:
+            raise ValueError(f"interactions={interactions!r} is not accepted; use an int in [0, 12] (0: off).")
         if repair is not None:
             from nsl.callback.repair import check_repair
 
@@ -149,10 +154,12 @@ class NeuronShapley(Callback):
         self.chunk_size = chunk_size
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self.repair = repair
+        self.interactions = interactions
         self.verbose = verbose
         self.results: dict[str, ShapleyResult] = {}
         self.history: dict[str, list[dict[str, Any]]] = {s.name: [] for s in self.specs}
         self.curves: dict[str, dict[str, list]] = {}
+        self.interaction_matrices: dict[str, Any] = {}
         self.repair_report: list[dict[str, Any]] | None = None
         self.runs = 0
         self._last_epoch = -1
@@ -293,6 +300,12 @@ class NeuronShapley(Callback):
             steps = self.curve_steps or 3 * top_k
             ranking = result.culprits(len(players), negative=False)
             curve = removal_curve(game, ranking, max_removed=steps, n_random=3, seed=seed)
+        if self.interactions >= 2:
+            from nsl.interactions import SubGame, pairwise_interactions
+
+            top = result.top_k[: self.interactions].tolist()
+            sub = SubGame(game, top, others="present", names=[players.names[i] for i in top])
+            self.interaction_matrices[spec.name] = pairwise_interactions(sub, method="exact")
         return result, curve
 
     # ----------------------------------------------------------------------------------------- output
@@ -308,6 +321,9 @@ class NeuronShapley(Callback):
         figures = {"histogram": value_histogram(result, title=f"{spec.name}: Shapley values")}
         if curve is not None:
             figures["removal_curve"] = removal_plot(curve, ylabel=spec.kind, title=f"{spec.name}: removal curve")
+        if spec.name in self.interaction_matrices:
+            matrix = self.interaction_matrices[spec.name]
+            figures["interactions"] = matrix.plot(title=f"{spec.name}: pairwise interactions among the top filters")
         log_result(trainer.loggers, spec.name, result, rows, step, figures=figures)
         if self.verbose:
             top = ", ".join(f"{r[1]} ({r[3]:+.4f})" for r in rows[:5])

@@ -1,0 +1,446 @@
+"""Neuron-importance scores that Neuron Shapley is compared against, on the same players, behind one interface.
+
+Every score is a function returning a float64 tensor of shape (N,) on the CPU, one entry per player of a
+:class:`~nsl.players.FilterPlayers`, higher meaning more important:
+
+- ``weight_l1``, ``weight_l2``: norm of each filter's weights (Li et al. 2017), by default as folded into the
+  BatchNorm that normalises the filter (the weights that reach the next layer in eval mode);
+- ``activation``: mean |activation| of the channel at the mask point over the evaluation data;
+- ``taylor``: |mean over the data of gradient × activation| of the channel (Molchanov et al. 2017), i.e. the
+  first-order estimate of the loss change when the filter is removed;
+- ``leave_one_out``: v(N) − v(N∖{i}) of a game (Occlusion-1), in batched calls to the game;
+- ``integrated_gradients``: Integrated Gradients (Captum) over a gate in [0, 1] on every channel, from all
+  filters off to all on, attributing the correct-class probability;
+- ``random``: a seeded random ranking.
+
+Removed filters are silenced as the players silence them (their ``ablation``): the activation, the Taylor
+product and the gates all measure a channel's deviation from the value a removed channel takes (0 by default).
+Every function leaves the model exactly as it was: parameters, buffers, hooks, train/eval modes and
+``.grad`` are untouched, and the global random number generator is never drawn from.
+
+Example::
+
+    scores = baseline_scores("taylor", model, players, x_val, y_val)
+    result = baseline_result("taylor", model, players, x_val, y_val)   # a ShapleyResult: prune, plot, log
+    curve = removal_curve(AccuracyGame(model, players, x_val, y_val), result.ranking())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nsl.games.accuracy import AccuracyGame
+from nsl.games.base import Game, check_game, model_device
+from nsl.players import FilterPlayers, PlayerLayer, _preserve_mode
+from nsl.shapley.result import ShapleyResult
+
+BASELINES = ("weight_l1", "weight_l2", "activation", "taylor", "leave_one_out", "integrated_gradients", "random")
+IG_OUTPUTS = ("prob", "logit", "log_prob")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _check_players(model: nn.Module, players: FilterPlayers) -> None:
+    if not isinstance(players, FilterPlayers):
+        raise TypeError(f"players must be a FilterPlayers, got {type(players).__name__}.")
+    if players.model is not model:
+        raise ValueError("players were built for a different model than the one given.")
+
+
+def _check_data(inputs: Tensor | None, targets: Tensor | None, need_targets: bool, name: str) -> None:
+    if not isinstance(inputs, Tensor) or inputs.dim() < 1 or len(inputs) == 0:
+        raise ValueError(f"{name} needs evaluation inputs (a non-empty tensor), got {type(inputs).__name__}.")
+    if need_targets:
+        if not isinstance(targets, Tensor) or targets.shape != (len(inputs),):
+            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise ValueError(f"{name} needs targets of shape ({len(inputs)},), got {shape}.")
+        if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+            raise TypeError(f"targets must hold integer class labels, got dtype {targets.dtype}.")
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int.")
+
+
+def _fills(players: FilterPlayers, inputs: Tensor) -> list[Tensor]:
+    """Per-layer value a removed channel takes (0 for the default ablation), calibrating ``"mean"`` if needed."""
+    if players.needs_calibration:
+        players.calibrate(inputs)
+    return players._fill  # type: ignore[return-value]
+
+
+def _channel_view(values: Tensor, out: Tensor, channel_dim: int) -> Tensor:
+    """Reshape per-(row, channel) ``values`` (R, C), R = 1 or rows, to broadcast against ``out``."""
+    cdim = channel_dim % out.dim()
+    shape = [values.shape[0]] + [1] * (out.dim() - 1)
+    shape[cdim] = values.shape[-1]
+    return values.reshape(shape)
+
+
+def _per_channel(t: Tensor, channel_dim: int) -> Tensor:
+    """Sum ``t`` over every dim but the batch (0) and the channel dim: (B, ..., C, ...) -> (B, C)."""
+    cdim = channel_dim % t.dim()
+    if t.dim() == 1:  # an unbatched Linear output: one row
+        return t.unsqueeze(0)
+    dims = [d for d in range(1, t.dim()) if d != cdim]
+    return t.sum(dim=dims) if dims else t
+
+
+def _positions(out: Tensor, channel_dim: int) -> int:
+    """Entries per channel per row (spatial positions of a feature map, 1 for a Linear output)."""
+    return out[0].numel() // out.shape[channel_dim % out.dim()] if out.dim() > 1 else 1
+
+
+@contextlib.contextmanager
+def _analysis(model: nn.Module, grad: bool) -> Iterator[None]:
+    """Eval mode for the block, every module's mode restored after; autograd on (also under inference mode)."""
+    with _preserve_mode(model), contextlib.ExitStack() as stack:
+        model.eval()
+        if grad:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+        else:
+            stack.enter_context(torch.no_grad())
+        yield
+
+
+@contextlib.contextmanager
+def _hooks(model: nn.Module, players: FilterPlayers, make: Callable[[int, PlayerLayer], Callable]) -> Iterator[None]:
+    """Forward hooks ``make(i, layer)`` on each layer's mask point, always removed again."""
+    modules = dict(model.named_modules())
+    handles = []
+    try:
+        for i, layer in enumerate(players.layers):
+            handles.append(modules[layer.mask_at].register_forward_hook(make(i, layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _split(players: FilterPlayers, per_layer: Sequence[Tensor]) -> Tensor:
+    out = torch.cat([t.detach().double().cpu() for t in per_layer])
+    if out.shape != (players.n_players,):
+        raise RuntimeError(f"expected {players.n_players} scores, got shape {tuple(out.shape)}.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ scores
+
+
+def _weight_norm(model: nn.Module, players: FilterPlayers, p: int, bn_scale: bool) -> Tensor:
+    _check_players(model, players)
+    modules = dict(model.named_modules())
+    per_layer = []
+    with torch.no_grad():
+        for layer in players.layers:
+            weight = modules[layer.name].weight.detach().double()
+            norms = torch.linalg.vector_norm(weight.flatten(1), ord=p, dim=1)
+            bn = modules[layer.mask_at]
+            if bn_scale and layer.mask_at != layer.name:
+                gamma = bn.weight.detach().double().abs() if bn.weight is not None else torch.ones_like(norms)
+                if bn.running_var is not None:
+                    gamma = gamma / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+                norms = norms * gamma.to(norms.device)
+            per_layer.append(norms)
+    return _split(players, per_layer)
+
+
+def weight_l1(model: nn.Module, players: FilterPlayers, *, bn_scale: bool = True) -> Tensor:
+    """L1 norm of each filter's weights (Li et al. 2017's magnitude criterion), shape (N,).
+
+    With ``bn_scale`` (the default) a filter followed by a BatchNorm is scored as folded into it, times
+    |γ| / sqrt(running_var + eps): BatchNorm cancels any rescaling of the raw weights, so only the folded norm
+    says how strongly the filter reaches the next layer. ``bn_scale=False`` gives the raw norm.
+    """
+    return _weight_norm(model, players, 1, bn_scale)
+
+
+def weight_l2(model: nn.Module, players: FilterPlayers, *, bn_scale: bool = True) -> Tensor:
+    """L2 norm of each filter's weights, folded into its BatchNorm by default (see :func:`weight_l1`)."""
+    return _weight_norm(model, players, 2, bn_scale)
+
+
+def activation(model: nn.Module, players: FilterPlayers, inputs: Tensor, *, batch_size: int = 256) -> Tensor:
+    """Mean |activation| of each channel at its mask point (after the BatchNorm) over ``inputs``, shape (N,).
+
+    The mean runs over images and positions; with a ``"mean"``/``"bn_beta"`` ablation it is the mean distance
+    from the value a removed channel takes, so a channel that never deviates from it scores 0.
+    """
+    _check_players(model, players)
+    _check_data(inputs, None, False, "activation")
+    _check_batch_size(batch_size)
+    device = model_device(model)
+    fills = _fills(players, inputs.to(device))
+    sums = [torch.zeros(layer.size, dtype=torch.float64, device=device) for layer in players.layers]
+    counts = [0] * len(players.layers)
+
+    def make(i: int, layer: PlayerLayer) -> Callable:
+        def hook(_module: nn.Module, _inputs: tuple, out: Tensor) -> None:
+            fill = _channel_view(fills[i].to(out.dtype).unsqueeze(0), out, layer.channel_dim)
+            sums[i] += _per_channel((out - fill).abs().double(), layer.channel_dim).sum(0)
+            counts[i] += out.shape[0] * _positions(out, layer.channel_dim)
+
+        return hook
+
+    with _analysis(model, grad=False), _hooks(model, players, make):
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start : start + batch_size].to(device))
+    return _split(players, [s / max(c, 1) for s, c in zip(sums, counts, strict=True)])
+
+
+def taylor(
+    model: nn.Module,
+    players: FilterPlayers,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    per_example: bool = False,
+    batch_size: int = 256,
+) -> Tensor:
+    """First-order Taylor criterion (Molchanov et al. 2017): |mean over the data of gradient × activation|.
+
+    For each channel a, the product ∂L/∂a · a of the cross-entropy loss L is summed over the channel's
+    positions — the derivative of L along a gate on the channel, i.e. the first-order estimate of the loss
+    change when the filter is removed — then averaged over the images before the absolute value. With
+    ``per_example=True`` the absolute value is taken per image before averaging (the paper's mini-batch
+    variant, which does not let opposite effects on different images cancel). Gradients are taken with
+    ``torch.autograd.grad`` with respect to the channel outputs captured by forward hooks, so no parameter's
+    ``.grad`` is touched; works under ``torch.inference_mode`` and on frozen models too.
+    """
+    _check_players(model, players)
+    _check_data(inputs, targets, True, "taylor")
+    _check_batch_size(batch_size)
+    device = model_device(model)
+    fills = _fills(players, inputs.to(device))
+    sums = [torch.zeros(layer.size, dtype=torch.float64, device=device) for layer in players.layers]
+    captured: list[list[Tensor]] = [[] for _ in players.layers]
+
+    def make(i: int, _layer: PlayerLayer) -> Callable:
+        def hook(_module: nn.Module, _inputs: tuple, out: Tensor) -> None:
+            captured[i].append(out)
+
+        return hook
+
+    with _analysis(model, grad=True), _hooks(model, players, make):
+        for start in range(0, len(inputs), batch_size):
+            for seen in captured:
+                seen.clear()
+            # a fresh (non-inference) leaf that requires grad, so channel outputs are differentiable even when
+            # every parameter is frozen; only the channel outputs are differentiated
+            x = inputs[start : start + batch_size].to(device).detach().clone().requires_grad_(True)
+            y = targets[start : start + batch_size].to(device, torch.long)
+            loss = F.cross_entropy(model(x), y, reduction="sum")
+            flat = [t for seen in captured for t in seen]
+            grads = iter(torch.autograd.grad(loss, flat, allow_unused=True))
+            for i, layer in enumerate(players.layers):
+                for out in captured[i]:
+                    grad = next(grads)
+                    if grad is None:  # this channel output does not reach the loss
+                        continue
+                    fill = _channel_view(fills[i].to(out.dtype).unsqueeze(0), out, layer.channel_dim)
+                    per_image = _per_channel((grad * (out.detach() - fill)).double(), layer.channel_dim)  # (B, C)
+                    sums[i] += per_image.abs().sum(0) if per_example else per_image.sum(0)
+            del loss, flat, grads
+        for seen in captured:
+            seen.clear()
+    return _split(players, [s.abs() / len(inputs) for s in sums])
+
+
+def game_leave_one_out(game: Game, batch_size: int | None = None) -> Tensor:
+    """v(N) − v(N∖{i}) for each player i of any game, in N + 1 coalitions evaluated in batched calls."""
+    n = check_game(game)
+    present = torch.ones(n + 1, n, dtype=torch.bool)
+    present[1:] &= ~torch.eye(n, dtype=torch.bool)
+    step = batch_size or (n + 1)
+    values = torch.cat([game(present[s : s + step]).double().cpu() for s in range(0, n + 1, step)])
+    return values[0] - values[1:]
+
+
+def leave_one_out(
+    model: nn.Module,
+    players: FilterPlayers,
+    inputs: Tensor | None = None,
+    targets: Tensor | None = None,
+    *,
+    game: Game | None = None,
+    metric: str = "accuracy",
+    **game_kwargs: Any,
+) -> Tensor:
+    """Value drop when the filter alone is removed, v(N) − v(N∖{i}), shape (N,).
+
+    Uses ``game`` when given (any game on these players: class, fairness, adversarial ...), otherwise an
+    :class:`~nsl.games.AccuracyGame` on ``inputs``/``targets`` with ``metric`` and ``game_kwargs``.
+    """
+    _check_players(model, players)
+    if game is None:
+        _check_data(inputs, targets, True, "leave_one_out")
+        game = AccuracyGame(model, players, inputs, targets, metric=metric, **game_kwargs)
+    if check_game(game) != players.n_players:
+        raise ValueError(f"the game has {game.n_players} players, the players {players.n_players}.")
+    return game_leave_one_out(game)
+
+
+def integrated_gradients(
+    model: nn.Module,
+    players: FilterPlayers,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    steps: int = 32,
+    output: str = "prob",
+    method: str = "gausslegendre",
+    batch_size: int = 64,
+) -> Tensor:
+    """Integrated Gradients over channel gates, averaged over the data, shape (N,).
+
+    Every player's channel is multiplied by a gate g_i in [0, 1] with a forward hook at its mask point
+    (``fill + g·(a − fill)`` for other ablations); Captum's ``IntegratedGradients`` integrates the gradient of
+    the correct-class ``output`` (``"prob"``, ``"logit"`` or ``"log_prob"``) along the straight path from
+    g = 0 (every filter off, the game's empty coalition) to g = 1 (the trained model), jointly over all layers.
+    The scores sum to about mean output(all on) − mean output(all off) (completeness; exact up to the
+    ``steps``-point quadrature). The gate is per image, so averaging per-image attributions is the IG of
+    the mean output over a shared gate.
+    """
+    from captum.attr import IntegratedGradients  # optional dependency, imported when used
+
+    _check_players(model, players)
+    _check_data(inputs, targets, True, "integrated_gradients")
+    _check_batch_size(batch_size)
+    if output not in IG_OUTPUTS:
+        raise ValueError(f"output={output!r} is not supported; use one of {IG_OUTPUTS}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be a positive int.")
+    device = model_device(model)
+    fills = _fills(players, inputs.to(device))
+    state: dict[str, Tensor] = {}
+
+    def make(i: int, layer: PlayerLayer) -> Callable:
+        def hook(_module: nn.Module, _inputs: tuple, out: Tensor) -> Tensor:
+            gates = state["gates"][:, layer.offset : layer.offset + layer.size].to(out.dtype)
+            if gates.shape[0] != out.shape[0]:
+                raise RuntimeError(f"{gates.shape[0]} gate rows for a batch of {out.shape[0]} rows.")
+            fill = _channel_view(fills[i].to(out.dtype).unsqueeze(0), out, layer.channel_dim)
+            return fill + _channel_view(gates, out, layer.channel_dim) * (out - fill)
+
+        return hook
+
+    def forward(gates: Tensor, x: Tensor) -> Tensor:
+        state["gates"] = gates
+        logits = model(x)
+        if output == "prob":
+            return logits.softmax(-1)
+        return logits.log_softmax(-1) if output == "log_prob" else logits
+
+    ig = IntegratedGradients(forward)
+    dtype = next(model.parameters()).dtype if any(True for _ in model.parameters()) else torch.float32
+    total = torch.zeros(players.n_players, dtype=torch.float64, device=device)
+    with _analysis(model, grad=True), _hooks(model, players, make):
+        for start in range(0, len(inputs), batch_size):
+            x = inputs[start : start + batch_size].to(device).detach().clone()
+            y = targets[start : start + batch_size].to(device, torch.long).detach().clone()
+            ones = torch.ones(len(x), players.n_players, dtype=dtype, device=device)
+            attr = ig.attribute(
+                ones, baselines=torch.zeros_like(ones), target=y, additional_forward_args=(x,), n_steps=steps,
+                method=method,
+            )
+            total += attr.detach().double().sum(0)
+        state.clear()
+    return total.cpu() / len(inputs)
+
+
+def random_scores(players: FilterPlayers | int, *, seed: int = 0) -> Tensor:
+    """Uniform random scores from a generator of their own seeded with ``seed`` (the global RNG is untouched)."""
+    n = players if isinstance(players, int) else len(players)
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# -------------------------------------------------------------------------------------------- one door
+
+
+def baseline_scores(
+    name: str,
+    model: nn.Module,
+    players: FilterPlayers,
+    inputs: Tensor | None = None,
+    targets: Tensor | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """The importance score ``name`` (one of :data:`BASELINES`) of every player, float64 (N,), higher = more
+    important; ``kwargs`` go to that score's function (e.g. ``seed`` for ``"random"``, ``game`` for
+    ``"leave_one_out"``, ``steps`` for ``"integrated_gradients"``, ``bn_scale`` for the weight norms)."""
+    if name not in BASELINES:
+        raise ValueError(f"baseline {name!r} is not known; use one of {BASELINES}.")
+    _check_players(model, players)
+    if name == "weight_l1":
+        return weight_l1(model, players, **kwargs)
+    if name == "weight_l2":
+        return weight_l2(model, players, **kwargs)
+    if name == "random":
+        return random_scores(players, **kwargs)
+    if name == "leave_one_out":
+        return leave_one_out(model, players, inputs, targets, **kwargs)
+    if name == "activation":
+        _check_data(inputs, None, False, name)
+        return activation(model, players, inputs, **kwargs)
+    _check_data(inputs, targets, True, name)
+    if name == "taylor":
+        return taylor(model, players, inputs, targets, **kwargs)
+    return integrated_gradients(model, players, inputs, targets, **kwargs)
+
+
+def as_result(
+    scores: Tensor,
+    players: FilterPlayers | Sequence[str] | None = None,
+    method: str = "",
+    *,
+    k: int = 10,
+    n_evals: int = 0,
+    seconds: float = 0.0,
+) -> ShapleyResult:
+    """Wrap any per-player scores in a :class:`ShapleyResult` (zero stderr and counts), so a baseline ranking
+    can be pruned, plotted and logged like a Shapley result."""
+    values = torch.as_tensor(scores).detach().double().cpu()
+    if values.dim() != 1 or len(values) == 0:
+        raise ValueError(f"scores must have shape (N,), got {tuple(values.shape)}.")
+    names = players.names if isinstance(players, FilterPlayers) else (list(players) if players is not None else None)
+    if names is not None and len(names) != len(values):
+        raise ValueError(f"{len(values)} scores for {len(names)} players.")
+    return ShapleyResult(
+        values=values.clone(),
+        stderr=torch.zeros_like(values),
+        counts=torch.zeros(len(values), dtype=torch.int64),
+        n_evals=int(n_evals),
+        converged=True,
+        k=min(k, len(values)),
+        names=list(names) if names is not None else None,
+        method=method,
+        seconds=float(seconds),
+    )
+
+
+def baseline_result(
+    name: str,
+    model: nn.Module,
+    players: FilterPlayers,
+    inputs: Tensor | None = None,
+    targets: Tensor | None = None,
+    *,
+    k: int = 10,
+    **kwargs: Any,
+) -> ShapleyResult:
+    """:func:`baseline_scores` wrapped by :func:`as_result`, with its wall time; ``n_evals`` counts the game
+    coalitions evaluated (N + 1 for ``leave_one_out``, 0 for the scores that evaluate no coalition)."""
+    start = time.perf_counter()
+    scores = baseline_scores(name, model, players, inputs, targets, **kwargs)
+    n_evals = players.n_players + 1 if name == "leave_one_out" else 0
+    return as_result(scores, players, name, k=k, n_evals=n_evals, seconds=time.perf_counter() - start)
