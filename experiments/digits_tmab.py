@@ -13,27 +13,16 @@ from __future__ import annotations
 import argparse
 import time
 
-import lightning as L
 import torch
 
 from nsl import AccuracyGame, FilterPlayers, monte_carlo, tmab
-from nsl.data import DigitsDataModule, load_digits_tensors
-from nsl.models import Classifier, SmallCNN
+from nsl.data import load_digits_tensors
+from nsl.models import Classifier
+from nsl.training import train_digits_model
 
 
 def train(epochs: int, seed: int) -> Classifier:
-    L.seed_everything(seed, verbose=False)
-    model = Classifier(SmallCNN())
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, DigitsDataModule(seed=seed))
-    return model.eval()
+    return train_digits_model(epochs, seed)
 
 
 def main() -> None:

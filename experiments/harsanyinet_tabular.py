@@ -25,17 +25,11 @@ from torch import nn
 from nsl.data import TabularDataModule
 from nsl.models import Classifier, HarsanyiNet
 from nsl.shapley.exact import coalitions, shapley_from_values
+from nsl.training import quiet_trainer
 
 
 def trainer(epochs: int) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    return quiet_trainer(epochs)
 
 
 def n_params(module: nn.Module) -> int:

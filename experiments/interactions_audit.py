@@ -25,11 +25,10 @@ import json
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from nsl import AccuracyGame, FilterPlayers, tmab
-from nsl.data import DigitsDataModule, load_digits_tensors
+from nsl.data import load_digits_tensors
 from nsl.games import METRICS
 from nsl.interactions import (
     SubGame,
@@ -42,22 +41,12 @@ from nsl.interactions import (
     shapley_from_dividends,
 )
 from nsl.interactions.indices import PairwiseInteractions
-from nsl.models import Classifier, SmallCNN
+from nsl.models import Classifier
+from nsl.training import train_digits_model
 
 
 def train(epochs: int, seed: int) -> Classifier:
-    L.seed_everything(seed, verbose=False)
-    model = Classifier(SmallCNN())
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, DigitsDataModule(seed=seed))
-    return model.eval()
+    return train_digits_model(epochs, seed)
 
 
 def leave_one_out(game: AccuracyGame) -> torch.Tensor:

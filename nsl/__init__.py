@@ -4,7 +4,7 @@ Pipeline: players (filters) → games (torchmetrics values) → estimators (tmab
 callback → repair.
 """
 
-from nsl import games, interactions, repair, shapley
+from nsl import baselines, games, interactions, repair, shapley
 from nsl.callback import NeuronShapley
 from nsl.games import AccuracyGame, AdversarialGame, ClassGame, FairnessGame
 from nsl.players import FilterPlayers
@@ -23,6 +23,7 @@ __all__ = [
     "NeuronShapley",
     "PrunedFilters",
     "ShapleyResult",
+    "baselines",
     "exact",
     "games",
     "interactions",

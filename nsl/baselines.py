@@ -72,10 +72,14 @@ def _check_batch_size(batch_size: int) -> None:
 
 
 def _fills(players: FilterPlayers, inputs: Tensor) -> list[Tensor]:
-    """Per-layer value a removed channel takes (0 for the default ablation), calibrating ``"mean"`` if needed."""
+    """Per-layer value a removed channel takes (0 for the default ablation), calibrating ``"mean"`` if needed.
+
+    Fresh copies, so that they are ordinary tensors when made inside the analysis block, even if the caller
+    runs under ``torch.inference_mode``.
+    """
     if players.needs_calibration:
         players.calibrate(inputs)
-    return players._fill  # type: ignore[return-value]
+    return [fill.detach().clone() for fill in players._fill]  # type: ignore[union-attr]
 
 
 def _channel_view(values: Tensor, out: Tensor, channel_dim: int) -> Tensor:
@@ -89,15 +93,13 @@ def _channel_view(values: Tensor, out: Tensor, channel_dim: int) -> Tensor:
 def _per_channel(t: Tensor, channel_dim: int) -> Tensor:
     """Sum ``t`` over every dim but the batch (0) and the channel dim: (B, ..., C, ...) -> (B, C)."""
     cdim = channel_dim % t.dim()
-    if t.dim() == 1:  # an unbatched Linear output: one row
-        return t.unsqueeze(0)
     dims = [d for d in range(1, t.dim()) if d != cdim]
     return t.sum(dim=dims) if dims else t
 
 
 def _positions(out: Tensor, channel_dim: int) -> int:
     """Entries per channel per row (spatial positions of a feature map, 1 for a Linear output)."""
-    return out[0].numel() // out.shape[channel_dim % out.dim()] if out.dim() > 1 else 1
+    return out[0].numel() // out.shape[channel_dim % out.dim()]
 
 
 @contextlib.contextmanager
@@ -221,8 +223,8 @@ def taylor(
     _check_data(inputs, targets, True, "taylor")
     _check_batch_size(batch_size)
     device = model_device(model)
-    fills = _fills(players, inputs.to(device))
-    sums = [torch.zeros(layer.size, dtype=torch.float64, device=device) for layer in players.layers]
+    fills: list[Tensor] = []
+    sums: list[Tensor] = []
     captured: list[list[Tensor]] = [[] for _ in players.layers]
 
     def make(i: int, _layer: PlayerLayer) -> Callable:
@@ -232,13 +234,15 @@ def taylor(
         return hook
 
     with _analysis(model, grad=True), _hooks(model, players, make):
+        fills += _fills(players, inputs.to(device))
+        sums += [torch.zeros(layer.size, dtype=torch.float64, device=device) for layer in players.layers]
         for start in range(0, len(inputs), batch_size):
             for seen in captured:
                 seen.clear()
             # a fresh (non-inference) leaf that requires grad, so channel outputs are differentiable even when
             # every parameter is frozen; only the channel outputs are differentiated
             x = inputs[start : start + batch_size].to(device).detach().clone().requires_grad_(True)
-            y = targets[start : start + batch_size].to(device, torch.long)
+            y = targets[start : start + batch_size].to(device, torch.long).clone()
             loss = F.cross_entropy(model(x), y, reduction="sum")
             flat = [t for seen in captured for t in seen]
             grads = iter(torch.autograd.grad(loss, flat, allow_unused=True))
@@ -321,7 +325,7 @@ def integrated_gradients(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be a positive int.")
     device = model_device(model)
-    fills = _fills(players, inputs.to(device))
+    fills: list[Tensor] = []
     state: dict[str, Tensor] = {}
 
     def make(i: int, layer: PlayerLayer) -> Callable:
@@ -342,9 +346,10 @@ def integrated_gradients(
         return logits.log_softmax(-1) if output == "log_prob" else logits
 
     ig = IntegratedGradients(forward)
-    dtype = next(model.parameters()).dtype if any(True for _ in model.parameters()) else torch.float32
-    total = torch.zeros(players.n_players, dtype=torch.float64, device=device)
+    dtype = next(model.parameters(), torch.empty(0)).dtype
     with _analysis(model, grad=True), _hooks(model, players, make):
+        fills += _fills(players, inputs.to(device))
+        total = torch.zeros(players.n_players, dtype=torch.float64, device=device)
         for start in range(0, len(inputs), batch_size):
             x = inputs[start : start + batch_size].to(device).detach().clone()
             y = targets[start : start + batch_size].to(device, torch.long).detach().clone()

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -64,3 +69,19 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
     assert after["hooks"] == before["hooks"], "hooks were left on the model"
     assert after["grads"] == before["grads"], "parameter gradients were touched"
     assert after["requires_grad"] == before["requires_grad"]
+
+
+def inspect_wandb(run_dir: Path, attempts: int = 40) -> list[dict]:
+    """The records of an offline W&B run, read back with ``wandb leet inspect --json``.
+
+    The W&B service may still be closing the run file for a moment after the run finished, so a failed read
+    is retried for a few seconds before it counts.
+    """
+    wandb = Path(sys.executable).parent / "wandb"
+    for attempt in range(attempts):
+        proc = subprocess.run([str(wandb), "leet", "inspect", str(run_dir), "--json"], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        if attempt + 1 < attempts:
+            time.sleep(0.5)
+    raise AssertionError(f"wandb leet inspect {run_dir} failed: {proc.stderr[-2000:]}")

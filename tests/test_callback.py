@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from conftest import inspect_wandb
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
@@ -100,13 +99,8 @@ def test_wandb_run_read_back_matches_saved_results(tmp_path: Path, monkeypatch: 
     fit(tmp_path, [cb], epochs=3, logger=logger, limit_train_batches=None)
     run_dir = Path(logger.experiment.dir).parent
     logger.experiment.finish()
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", str(run_dir), "--json"],
-        capture_output=True, text=True, check=True,
-    ).stdout
     history = {}
-    for line in out.splitlines():
-        record = json.loads(line)
+    for record in inspect_wandb(run_dir):
         if record.get("type") == "history":
             history.update(record["history"]["item"])
     result = ShapleyResult.load(tmp_path / "neuron_shapley" / "accuracy.pt")

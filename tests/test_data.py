@@ -27,19 +27,13 @@ from nsl.data.vision import CIFAR10_MEAN, CIFAR10_STD
 from nsl.games import FairnessGame
 from nsl.models import Classifier, SmallCNN, resnet18, squeezenet, torchvision_model
 from nsl.players import FilterPlayers
+from nsl.training import quiet_trainer
 
 MINORITY = torch.arange(5)  # default minority_labels: digits 0–4
 
 
 def _trainer(epochs: int) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    return quiet_trainer(epochs)
 
 
 # ---------------------------------------------------------------- fair digits

@@ -18,6 +18,7 @@ import nsl
 from nsl.data import BreastCancerDataModule, TabularDataModule, WineDataModule, load_digits_tensors
 from nsl.models import Classifier, HarsanyiCNN, HarsanyiNet
 from nsl.shapley.exact import coalitions, shapley_from_values
+from nsl.training import quiet_trainer
 
 CONF = Path(nsl.__file__).parent / "conf"
 
@@ -54,16 +55,6 @@ def fields_have_interactions(fields: list[torch.Tensor]) -> bool:
     sizes = torch.cat([f.sum(1) for f in fields])
     return bool((sizes >= 2).any()) and bool((sizes >= 3).any())
 
-
-def quiet_trainer(epochs: int) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
 
 
 # ---------------------------------------------------------------------------- tabular

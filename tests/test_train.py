@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import inspect_wandb
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -92,11 +92,7 @@ def test_train_runs_end_to_end_in_process(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def _wandb_run(run_dir: Path) -> dict:
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", str(run_dir), "--json"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    return next(json.loads(line)["run"] for line in out.splitlines() if json.loads(line).get("type") == "run")
+    return next(r["run"] for r in inspect_wandb(run_dir) if r.get("type") == "run")
 
 
 @pytest.mark.slow

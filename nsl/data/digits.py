@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from sklearn.datasets import load_digits
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from nsl.data.base import SplitDataModule
 
 SPLITS = ("train", "val", "test")
 
@@ -33,7 +34,7 @@ def load_digits_tensors(
     return images[idx], labels[idx]
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """Train/val/test loaders over the embedded digits data.
 
     Args:
@@ -57,14 +58,3 @@ class DigitsDataModule(L.LightningDataModule):
     def _dataset(self, split: str) -> TensorDataset:
         return TensorDataset(*load_digits_tensors(split, self.val_size, self.test_size, self.seed))
 
-    def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self._dataset("train"), self.batch_size, shuffle=True, generator=gen, num_workers=self.num_workers
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("val"), self.batch_size, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("test"), self.batch_size, num_workers=self.num_workers)

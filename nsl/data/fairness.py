@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from nsl.data.base import SplitDataModule
 from nsl.data.digits import SPLITS, load_digits_tensors
 
 NUM_CLASSES = 10
@@ -81,7 +81,7 @@ def load_fair_digits_tensors(
     return images, labels, groups
 
 
-class FairDigitsDataModule(L.LightningDataModule):
+class FairDigitsDataModule(SplitDataModule):
     """Loaders of (image, label) batches over fair digits, plus the groups of the val/test images.
 
     The loaders yield ``(x, y)`` so that any classifier (e.g. :class:`~nsl.models.Classifier`) trains on
@@ -158,14 +158,3 @@ class FairDigitsDataModule(L.LightningDataModule):
         x, y, _ = self.tensors(split)
         return TensorDataset(x, y)
 
-    def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self._dataset("train"), self.batch_size, shuffle=True, generator=gen, num_workers=self.num_workers
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("val"), self.batch_size, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("test"), self.batch_size, num_workers=self.num_workers)

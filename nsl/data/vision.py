@@ -19,6 +19,8 @@ from torchvision import transforms
 from torchvision.datasets import CIFAR10, CelebA
 from torchvision.datasets.utils import check_integrity
 
+from nsl.data.base import SplitDataModule
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -97,7 +99,7 @@ def _check_cifar10_present(root: str | Path) -> None:
         raise _missing("CIFAR-10", root, folder, f" with {', '.join(absent)}")
 
 
-class CIFAR10DataModule(L.LightningDataModule):
+class CIFAR10DataModule(SplitDataModule):
     """CIFAR-10 from ``root``: a seeded train/val split of the 50,000 training images; the 10,000 test images.
 
     Images are normalised with the CIFAR-10 channel statistics; training images are also randomly cropped
@@ -175,17 +177,6 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.setup()
         return self._data[split]
 
-    def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self._dataset("train"), self.batch_size, shuffle=True, generator=gen, num_workers=self.num_workers
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("val"), self.batch_size, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("test"), self.batch_size, num_workers=self.num_workers)
 
 
 class _AttributePair(Dataset):
