@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_unchanged, snapshot
 
 from nsl import AccuracyGame, FilterPlayers, ShapleyResult, exact, monte_carlo, tmab
 from nsl.games import HarsanyiGame, additive_game, pairwise_game
@@ -250,3 +251,39 @@ def test_resume_continues_from_saved_statistics():
     both = monte_carlo(game, 5, seed=1)
     expected = (first.values * 10 + both.values * 5) / 15
     assert torch.allclose(more.values, expected, atol=1e-12)
+
+
+class CtrlC:
+    """Wraps a game and raises KeyboardInterrupt (what Ctrl-C raises) at its ``at``-th call."""
+
+    def __init__(self, game, at: int) -> None:
+        self.game, self.at, self.calls = game, at, 0
+        self.n_players = game.n_players
+
+    @property
+    def n_evals(self) -> int:
+        return self.game.n_evals
+
+    def __call__(self, present):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.game(present)
+
+
+@pytest.mark.parametrize("estimator", ["tmab", "monte_carlo"])
+def test_ctrl_c_keeps_the_partial_result_and_the_model(estimator, model, digits_val, capfd):
+    x, y = digits_val
+    players = FilterPlayers(model)
+    before = snapshot(model)
+    game = CtrlC(AccuracyGame(model, players, x, y, chunk_size=2), at=60)
+    if estimator == "tmab":
+        result = tmab(game, 3, progress=True, seed=0)
+    else:
+        result = monte_carlo(game, 1000, progress=True, seed=0)
+    assert result.interrupted and not result.converged
+    assert int(result.counts.min()) >= 1  # the scans finished before Ctrl-C count
+    assert game.calls == 60
+    assert_unchanged(model, before)
+    assert estimator in capfd.readouterr().err  # the progress bar was shown
+    assert ShapleyResult.from_dict(result.to_dict()).interrupted

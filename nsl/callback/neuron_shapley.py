@@ -33,6 +33,12 @@ def _check_optional_positive(name: str, value: Any, kind: type = int) -> None:
         raise ValueError(f"{name}={value!r} is not accepted; use None or a positive {kind.__name__}.")
 
 
+def trainer_has_progress_bar(pl_module: L.LightningModule) -> bool:
+    """Show the estimators' progress bars only where the Trainer shows its own (and on rank zero)."""
+    trainer = pl_module._trainer
+    return trainer is not None and trainer.is_global_zero and trainer.progress_bar_callback is not None
+
+
 class NeuronShapley(Callback):
     r"""Find the filters responsible for accuracy, one class, fairness or adversarial weakness while training.
 
@@ -269,6 +275,9 @@ class NeuronShapley(Callback):
                     self.curves[spec.name] = curve.to_dict()
                 if trainer.is_global_zero:
                     self._report(trainer, spec, result, curve, step)
+                if result.interrupted:  # Ctrl-C: the partial result is kept and saved; let Lightning stop
+                    self.runs += 1
+                    raise KeyboardInterrupt
             self.runs += 1
         return self.results
 
@@ -287,20 +296,25 @@ class NeuronShapley(Callback):
         previous = self.results.get(spec.name) if self.accumulate else None
         if previous is not None and (previous.stats is None or previous.n_players != len(players)):
             previous = None
+        progress = self.verbose and trainer_has_progress_bar(pl_module)
         if self.estimator == "tmab":
             # Games whose culprits are negative need their bottom-k resolved too, not only their top-k.
             kwargs = {"tail": "both" if spec.negative_culprits else "top", **self.estimator_kwargs}
-            result = tmab(game, top_k, seed=seed, resume=previous, names=players.names, **budget, **kwargs)
+            result = tmab(
+                game, top_k, seed=seed, resume=previous, names=players.names, progress=progress, **budget, **kwargs
+            )
         else:
             kwargs = {"n_permutations": 100, **self.estimator_kwargs}
-            result = monte_carlo(game, seed=seed, resume=previous, names=players.names, **budget, **kwargs)
+            result = monte_carlo(
+                game, seed=seed, resume=previous, names=players.names, progress=progress, **budget, **kwargs
+            )
             result.k = top_k
         curve = None
-        if self.removal_curve:
+        if self.removal_curve and not result.interrupted:
             steps = self.curve_steps or 3 * top_k
             ranking = result.culprits(len(players), negative=False)
             curve = removal_curve(game, ranking, max_removed=steps, n_random=3, seed=seed)
-        if self.interactions >= 2:
+        if self.interactions >= 2 and not result.interrupted:
             from nsl.interactions import SubGame, pairwise_interactions
 
             top = result.top_k[: self.interactions].tolist()

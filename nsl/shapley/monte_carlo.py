@@ -7,7 +7,7 @@ import torch
 from nsl.games.base import Game
 from nsl.shapley._common import check_positive_int, player_names
 from nsl.shapley.result import ShapleyResult, result_from_stats
-from nsl.shapley.scan import Budget, PermutationSampler
+from nsl.shapley.scan import Budget, PermutationSampler, Progress
 
 
 def monte_carlo(
@@ -24,6 +24,7 @@ def monte_carlo(
     k: int = 10,
     names: list[str] | None = None,
     resume: ShapleyResult | None = None,
+    progress: bool = False,
 ) -> ShapleyResult:
     """Shapley values as the mean marginal over ``n_permutations`` random removal scans.
 
@@ -31,7 +32,8 @@ def monte_carlo(
     once the value stays that close to v(∅) for ``patience`` evaluations, as in the original TMC-Shapley.
     ``antithetic`` follows each order by its reverse. ``converged`` is False when ``max_evals`` or
     ``max_seconds`` stopped sampling before ``n_permutations`` scans. ``resume`` continues from an
-    earlier result's statistics (give it a different ``seed``).
+    earlier result's statistics (give it a different ``seed``). ``progress`` shows a progress bar; Ctrl-C
+    stops sampling and returns the partial result with ``interrupted=True``.
     """
     check_positive_int("n_permutations", n_permutations)
     budget = Budget(max_evals, max_seconds)
@@ -45,8 +47,16 @@ def monte_carlo(
         resume=resume,
     )
     everyone = torch.ones(sampler.n_players, dtype=torch.bool)
-    while sampler.scans < n_permutations and not budget.exhausted(sampler.game.n_evals):
-        sampler.scan(everyone)
+    bar = Progress(progress, max_evals, "monte_carlo")
+    interrupted = False
+    try:
+        while sampler.scans < n_permutations and not budget.exhausted(sampler.game.n_evals):
+            sampler.scan(everyone)
+            bar.update(sampler.game.n_evals, seconds_left=budget.seconds_left)
+    except KeyboardInterrupt:  # Ctrl-C: keep what the finished scans gathered
+        interrupted = True
+    finally:
+        bar.close()
     return result_from_stats(
         sampler.stats,
         n_evals=sampler.game.n_evals,
@@ -54,6 +64,7 @@ def monte_carlo(
         k=min(k, sampler.n_players),
         names=player_names(game, names),
         method="monte_carlo",
+        interrupted=interrupted,
         seconds=budget.seconds,
         full_value=sampler.v_full,
         empty_value=sampler.v_empty,

@@ -90,6 +90,7 @@ class ShapleyResult:
         seconds: wall time.
         full_value, empty_value: value of the grand and the empty coalition, when evaluated.
         stats: the running statistics to resume sampling from (sampling estimators only).
+        interrupted: sampling was stopped with Ctrl-C; the values are what the finished scans gathered.
     """
 
     values: Tensor
@@ -104,6 +105,7 @@ class ShapleyResult:
     full_value: float | None = None
     empty_value: float | None = None
     stats: dict[str, Tensor] | None = field(default=None, repr=False)
+    interrupted: bool = False
 
     @property
     def n_players(self) -> int:
@@ -138,6 +140,7 @@ class ShapleyResult:
             "full_value": self.full_value,
             "empty_value": self.empty_value,
             "stats": self.stats,
+            "interrupted": bool(self.interrupted),
         }
 
     @classmethod

@@ -148,6 +148,37 @@ class PermutationSampler:
         return evaluated
 
 
+class Progress:
+    """A tqdm bar over evaluations (the bar Lightning's default progress bar uses); a no-op when disabled.
+
+    Shows evaluations done against the budget, the players still sampled and the seconds left, so a long run
+    says what it is doing; Ctrl-C ends it with the partial result (see ``interrupted`` on the result).
+    """
+
+    def __init__(self, enabled: bool, total: int | None, desc: str) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="eval", leave=False, dynamic_ncols=True)
+
+    def update(self, n_evals: int, active: int | None = None, seconds_left: float | None = None) -> None:
+        if self.bar is None:
+            return
+        self.bar.n = n_evals
+        postfix = {}
+        if active is not None:
+            postfix["active"] = active
+        if seconds_left is not None:
+            postfix["s_left"] = f"{seconds_left:.0f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class Budget:
     """Stops sampling after ``max_evals`` coalitions or ``max_seconds`` of wall time."""
 
@@ -162,6 +193,10 @@ class Budget:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.start
+
+    @property
+    def seconds_left(self) -> float | None:
+        return None if self.max_seconds is None else max(0.0, self.max_seconds - self.seconds)
 
     def exhausted(self, n_evals: int) -> bool:
         if self.max_evals is not None and n_evals >= self.max_evals:

@@ -19,7 +19,7 @@ from torch import Tensor
 from nsl.games.base import Game
 from nsl.shapley._common import check_positive_int, check_top_k, player_names
 from nsl.shapley.result import RunningStats, ShapleyResult, result_from_stats
-from nsl.shapley.scan import Budget, PermutationSampler, check_fraction
+from nsl.shapley.scan import Budget, PermutationSampler, Progress, check_fraction
 
 BOUNDS = ("bernstein", "normal")
 TAILS = ("top", "bottom", "both")
@@ -81,6 +81,7 @@ def tmab(
     seed: int = 0,
     names: list[str] | None = None,
     resume: ShapleyResult | None = None,
+    progress: bool = False,
 ) -> ShapleyResult:
     """Estimate Shapley values precisely enough to name the ``top_k`` players, with few evaluations.
 
@@ -110,6 +111,8 @@ def tmab(
         seed: seeds the orders (same seed, same result); the global RNG is never used.
         names: player names for the result (default: the game's players' names).
         resume: continue from an earlier result's statistics (give it a different ``seed``).
+        progress: show a progress bar (evaluations, active players, seconds left). Ctrl-C stops sampling and
+            returns the partial result with ``interrupted=True`` and ``converged=False``.
     """
     n = getattr(game, "n_players", None)
     if isinstance(n, int):
@@ -139,13 +142,22 @@ def tmab(
     level = delta / n if union_bound else delta
     tolerance = epsilon * sampler.span
     active = unresolved(sampler.stats, top_k, level, tolerance, min_samples, bound, tail)
-    while bool(active.any()) and not budget.exhausted(sampler.game.n_evals):
-        sampler.scan(active)
-        active = unresolved(sampler.stats, top_k, level, tolerance, min_samples, bound, tail)
+    bar = Progress(progress, budget.max_evals, "tmab")
+    interrupted = False
+    try:
+        while bool(active.any()) and not budget.exhausted(sampler.game.n_evals):
+            sampler.scan(active)
+            active = unresolved(sampler.stats, top_k, level, tolerance, min_samples, bound, tail)
+            bar.update(sampler.game.n_evals, int(active.sum()), budget.seconds_left)
+    except KeyboardInterrupt:  # Ctrl-C: keep what the finished scans gathered
+        interrupted = True
+    finally:
+        bar.close()
     return result_from_stats(
         sampler.stats,
         n_evals=sampler.game.n_evals,
-        converged=not bool(active.any()),
+        converged=not interrupted and not bool(active.any()),
+        interrupted=interrupted,
         k=top_k,
         names=player_names(game, names),
         method="tmab",
