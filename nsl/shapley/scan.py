@@ -165,14 +165,13 @@ class Progress:
     def update(self, n_evals: int, active: int | None = None, seconds_left: float | None = None) -> None:
         if self.bar is None:
             return
-        self.bar.n = n_evals
         postfix = {}
         if active is not None:
             postfix["active"] = active
         if seconds_left is not None:
             postfix["s_left"] = f"{seconds_left:.0f}"
         self.bar.set_postfix(postfix, refresh=False)
-        self.bar.refresh()
+        self.bar.update(n_evals - self.bar.n)  # redraws at most every tqdm ``mininterval``
 
     def close(self) -> None:
         if self.bar is not None:
