@@ -77,8 +77,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers: list[Logger] = _instantiate_all(logger_cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     try:
-        for logger in loggers:
-            logger.log_hyperparams(_hyperparameters(cfg))
+        if loggers:
+            hyperparameters = _hyperparameters(cfg)
+            for logger in loggers:
+                logger.log_hyperparams(hyperparameters)
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test"):

@@ -54,8 +54,12 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
     return x, y, g if isinstance(g, Tensor) else None
 
 
-def collect(batches: Iterable[Any], size: int | None) -> EvalData:
-    """The first ``size`` examples (all when ``None``) of ``batches``, detached, on the CPU."""
+def collect(batches: Iterable[Any], size: int | None, groups: Any = None) -> EvalData:
+    """The first ``size`` examples (all when ``None``) of ``batches``, detached, on the CPU.
+
+    When the batches carry no groups, ``groups`` (a tensor aligned with the batches, e.g. a datamodule's
+    ``val_groups``) gives them.
+    """
     xs, ys, gs = [], [], []
     seen = 0
     with torch.inference_mode(False):
@@ -71,7 +75,12 @@ def collect(batches: Iterable[Any], size: int | None) -> EvalData:
     if not xs:
         raise ValueError("the evaluation data is empty: the validation dataloader yielded no batches.")
     inputs, targets = torch.cat(xs)[:size], torch.cat(ys)[:size]
-    groups = torch.cat(gs)[:size] if len(gs) == len(xs) else None
+    if len(gs) == len(xs):
+        groups = torch.cat(gs)[:size]
+    elif isinstance(groups, Tensor):
+        groups = groups[: len(targets)].clone()
+    else:
+        groups = None
     return EvalData(inputs, targets, groups)
 
 

@@ -33,12 +33,6 @@ def _check_optional_positive(name: str, value: Any, kind: type = int) -> None:
         raise ValueError(f"{name}={value!r} is not accepted; use None or a positive {kind.__name__}.")
 
 
-def trainer_has_progress_bar(pl_module: L.LightningModule) -> bool:
-    """Show the estimators' progress bars only where the Trainer shows its own (and on rank zero)."""
-    trainer = pl_module._trainer
-    return trainer is not None and trainer.is_global_zero and trainer.progress_bar_callback is not None
-
-
 class NeuronShapley(Callback):
     r"""Find the filters responsible for accuracy, one class, fairness or adversarial weakness while training.
 
@@ -244,21 +238,19 @@ class NeuronShapley(Callback):
                     "NeuronShapley needs evaluation data: give the Trainer validation data or pass data=(x, y)."
                 )
             loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-            collected = eval_data.collect(loader, self.eval_size)
-            groups = getattr(trainer.datamodule, "val_groups", None) if trainer.datamodule is not None else None
-            if collected.groups is None and isinstance(groups, Tensor):
-                collected = EvalData(collected.inputs, collected.targets, groups[: len(collected)].clone())
-            self._eval = collected
+            self._eval = eval_data.collect(loader, self.eval_size, getattr(trainer.datamodule, "val_groups", None))
         return self._eval
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str = "manual") -> dict[str, ShapleyResult]:
         """Play every game once now; returns and stores each game's result (all ranks compute, rank 0 logs)."""
+        # The estimators' progress bars show where the Trainer shows its own, on rank zero.
+        progress = self.verbose and trainer.is_global_zero and trainer.progress_bar_callback is not None
         with eval_data.preserved_rng():
             data = self.evaluation_data(trainer).to(pl_module.device)
             players = FilterPlayers(pl_module, self.layers, self.ablation)
             step = trainer.global_step
             for g, spec in enumerate(self.specs):
-                result, curve = self._play(spec, g, pl_module, players, data)
+                result, curve = self._play(spec, g, pl_module, players, data, progress)
                 self.results[spec.name] = result
                 entry = {
                     "epoch": int(trainer.current_epoch),
@@ -276,13 +268,20 @@ class NeuronShapley(Callback):
                 if trainer.is_global_zero:
                     self._report(trainer, spec, result, curve, step)
                 if result.interrupted:  # Ctrl-C: the partial result is kept and saved; let Lightning stop
-                    self.runs += 1
-                    raise KeyboardInterrupt
+                    break
             self.runs += 1
+        if result.interrupted:
+            raise KeyboardInterrupt
         return self.results
 
     def _play(
-        self, spec: GameSpec, g: int, pl_module: L.LightningModule, players: FilterPlayers, data: EvalData
+        self,
+        spec: GameSpec,
+        g: int,
+        pl_module: L.LightningModule,
+        players: FilterPlayers,
+        data: EvalData,
+        progress: bool,
     ) -> tuple[ShapleyResult, Any]:
         seed = self.seed + 1009 * self.runs + 101 * g
         options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
@@ -291,12 +290,12 @@ class NeuronShapley(Callback):
         game = spec.build(pl_module, players, data, **options)
         top_k = min(spec.top_k or self.top_k, len(players) - 1)
         budget = {"max_seconds": spec.max_seconds or self.max_seconds}
-        if (spec.max_evals or self.max_evals) is not None:  # else the estimator's own default budget
-            budget["max_evals"] = spec.max_evals or self.max_evals
+        max_evals = spec.max_evals or self.max_evals
+        if max_evals is not None:  # else the estimator's own default budget
+            budget["max_evals"] = max_evals
         previous = self.results.get(spec.name) if self.accumulate else None
         if previous is not None and (previous.stats is None or previous.n_players != len(players)):
             previous = None
-        progress = self.verbose and trainer_has_progress_bar(pl_module)
         if self.estimator == "tmab":
             # Games whose culprits are negative need their bottom-k resolved too, not only their top-k.
             kwargs = {"tail": "both" if spec.negative_culprits else "top", **self.estimator_kwargs}

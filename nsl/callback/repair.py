@@ -73,28 +73,29 @@ def heldout_data(callback: NeuronShapley, trainer: L.Trainer, size: int) -> tupl
         except (NotImplementedError, AttributeError, TypeError, ValueError):
             loader = None
         if loader is not None:
-            data = eval_data.collect(loader, size)
-            groups = getattr(dm, "test_groups", None)
-            if data.groups is None and isinstance(groups, torch.Tensor):
-                data = EvalData(data.inputs, data.targets, groups[: len(data)].clone())
-            return data, "test split"
+            return eval_data.collect(loader, size, getattr(dm, "test_groups", None)), "test split"
     rank_zero_warn("NeuronShapley repair: no test split, so before/after is measured on the analysis data.")
     return callback.evaluation_data(trainer), "analysis data (no test split)"
 
 
-def _measure(specs: Sequence[GameSpec], model: L.LightningModule, data: EvalData, seed: int) -> dict[str, float]:
-    """Accuracy and every game's value of the model as it is now (all filters on)."""
+def _report_games(specs: Sequence[GameSpec], model: L.LightningModule, data: EvalData, seed: int) -> dict[str, Any]:
+    """Accuracy and every game on the held-out data, keyed by report label.
+
+    Built once, before the repair: the adversarial examples are made against the unrepaired model and the
+    same examples are attacked again after it (the paper's Fig. 3c).
+    """
     players = FilterPlayers(model)
-    values = {}
+    games = {}
     if not any(s.kind == "accuracy" and not s.options for s in specs):
-        values["accuracy"] = GameSpec("accuracy", "accuracy").build(model, players, data).full_value()
+        games["accuracy"] = GameSpec("accuracy", "accuracy").build(model, players, data)
     for g, spec in enumerate(specs):
         if spec.kind == "fairness" and data.groups is None:
             continue
         options = {"seed": seed + g} if spec.kind == "adversarial" else {}
-        game = spec.build(model, players, data, **options)
-        values[spec.name if spec.name == spec.kind else f"{spec.name} ({spec.kind})"] = game.full_value()
-    return values
+        games[spec.name if spec.name == spec.kind else f"{spec.name} ({spec.kind})"] = spec.build(
+            model, players, data, **options
+        )
+    return games
 
 
 def run_repair(callback: NeuronShapley, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict[str, Any]]:
@@ -110,8 +111,8 @@ def run_repair(callback: NeuronShapley, trainer: L.Trainer, pl_module: L.Lightni
         data, source = heldout_data(callback, trainer, cfg["heldout_size"])
         data = data.to(pl_module.device)
         specs = callback.specs
-        # Adversarial examples are made once against the unrepaired model and reused after the repair.
-        before = _measure(specs, pl_module, data, callback.seed + 7919)
+        games = _report_games(specs, pl_module, data, callback.seed + 7919)
+        before = {label: game.full_value() for label, game in games.items()}
         players = FilterPlayers(pl_module, callback.layers, callback.ablation)
         if cfg["method"] == "prune":
             culprits = result.culprits(cfg["k"], negative=negative)
@@ -138,7 +139,7 @@ def run_repair(callback: NeuronShapley, trainer: L.Trainer, pl_module: L.Lightni
             )
             handle = None
             what = f"fine-tuned {cfg['epochs']} epochs with {cfg['mode']} filter dropout (mean p={cfg['p']})"
-        after = _measure(specs, pl_module, data, callback.seed + 7919)
+        after = {label: game.full_value() for label, game in games.items()}
         if not cfg["apply"]:
             if handle is not None:
                 handle.undo()

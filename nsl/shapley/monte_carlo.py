@@ -7,7 +7,7 @@ import torch
 from nsl.games.base import Game
 from nsl.shapley._common import check_positive_int, player_names
 from nsl.shapley.result import ShapleyResult, result_from_stats
-from nsl.shapley.scan import Budget, PermutationSampler, Progress
+from nsl.shapley.scan import Budget, PermutationSampler, sample
 
 
 def monte_carlo(
@@ -47,16 +47,13 @@ def monte_carlo(
         resume=resume,
     )
     everyone = torch.ones(sampler.n_players, dtype=torch.bool)
-    bar = Progress(progress, max_evals, "monte_carlo")
-    interrupted = False
-    try:
-        while sampler.scans < n_permutations and not budget.exhausted(sampler.game.n_evals):
-            sampler.scan(everyone)
-            bar.update(sampler.game.n_evals, seconds_left=budget.seconds_left)
-    except KeyboardInterrupt:  # Ctrl-C: keep what the finished scans gathered
-        interrupted = True
-    finally:
-        bar.close()
+    interrupted = sample(
+        sampler,
+        budget,
+        lambda: everyone if sampler.scans < n_permutations else None,
+        progress=progress,
+        desc="monte_carlo",
+    )
     return result_from_stats(
         sampler.stats,
         n_evals=sampler.game.n_evals,

@@ -9,6 +9,7 @@ coalitions around the players that still need samples are evaluated, several per
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -201,3 +202,28 @@ class Budget:
         if self.max_evals is not None and n_evals >= self.max_evals:
             return True
         return self.max_seconds is not None and self.seconds >= self.max_seconds
+
+
+def sample(
+    sampler: PermutationSampler,
+    budget: Budget,
+    next_active: Callable[[], Tensor | None],
+    *,
+    progress: bool,
+    desc: str,
+) -> bool:
+    """Scan while ``next_active()`` names players to sample and the budget lasts; True if Ctrl-C stopped it.
+
+    The one sampling loop of the estimators: it keeps the progress bar and turns a KeyboardInterrupt into a
+    partial result (the statistics of the finished scans).
+    """
+    bar = Progress(progress, budget.max_evals, desc)
+    try:
+        while (active := next_active()) is not None and not budget.exhausted(sampler.game.n_evals):
+            sampler.scan(active)
+            bar.update(sampler.game.n_evals, int(active.sum()), budget.seconds_left)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        bar.close()
+    return False

@@ -19,7 +19,7 @@ from torch import Tensor
 from nsl.games.base import Game
 from nsl.shapley._common import check_positive_int, check_top_k, player_names
 from nsl.shapley.result import RunningStats, ShapleyResult, result_from_stats
-from nsl.shapley.scan import Budget, PermutationSampler, Progress, check_fraction
+from nsl.shapley.scan import Budget, PermutationSampler, check_fraction, sample
 
 BOUNDS = ("bernstein", "normal")
 TAILS = ("top", "bottom", "both")
@@ -141,22 +141,16 @@ def tmab(
     check_top_k(top_k, n)
     level = delta / n if union_bound else delta
     tolerance = epsilon * sampler.span
-    active = unresolved(sampler.stats, top_k, level, tolerance, min_samples, bound, tail)
-    bar = Progress(progress, budget.max_evals, "tmab")
-    interrupted = False
-    try:
-        while bool(active.any()) and not budget.exhausted(sampler.game.n_evals):
-            sampler.scan(active)
-            active = unresolved(sampler.stats, top_k, level, tolerance, min_samples, bound, tail)
-            bar.update(sampler.game.n_evals, int(active.sum()), budget.seconds_left)
-    except KeyboardInterrupt:  # Ctrl-C: keep what the finished scans gathered
-        interrupted = True
-    finally:
-        bar.close()
+
+    def next_active() -> Tensor | None:
+        active = unresolved(sampler.stats, top_k, level, tolerance, min_samples, bound, tail)
+        return active if bool(active.any()) else None
+
+    interrupted = sample(sampler, budget, next_active, progress=progress, desc="tmab")
     return result_from_stats(
         sampler.stats,
         n_evals=sampler.game.n_evals,
-        converged=not interrupted and not bool(active.any()),
+        converged=not interrupted and next_active() is None,
         interrupted=interrupted,
         k=top_k,
         names=player_names(game, names),
