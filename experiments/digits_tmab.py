@@ -51,7 +51,7 @@ def main() -> None:
 
     if args.reference:
         k = args.top_k
-        ref = monte_carlo(game, args.reference, truncation=0.25, antithetic=True, seed=args.seed + 1, k=k)
+        ref = monte_carlo(game, args.reference, truncation=0.25, antithetic=True, seed=args.seed + 1, top_k=k)
         shared = len(set(result.top_k.tolist()) & set(ref.top_k.tolist()))
         order = ref.ranking()
         print(f"\nmonte_carlo({args.reference} permutations, truncation 0.25, antithetic): {ref.n_evals} "

@@ -162,7 +162,7 @@ def run_monte_carlo(game: MeteredGame, ref_top: Tensor, budget: int, seed: int) 
     while game.n_evals - base < budget:
         before = game.n_evals
         result = monte_carlo(
-            game, 2 * pairs, truncation=TRUNCATION, antithetic=True, seed=seed + chunk, k=len(ref_top),
+            game, 2 * pairs, truncation=TRUNCATION, antithetic=True, seed=seed + chunk, top_k=len(ref_top),
             max_evals=budget - (game.n_evals - base) + 2, resume=result,
         )
         chunk += 1

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     recorder = RecordingGame(game)
-    exact_scans = monte_carlo(recorder, args.orders, truncation=None, seed=args.seed, k=args.top_k)
+    exact_scans = monte_carlo(recorder, args.orders, truncation=None, seed=args.seed, top_k=args.top_k)
     # The untruncated scans visit every coalition of their orders: read the trajectories back from them.
     orders = random_orders(n, args.orders, args.seed)
     trajectories = torch.stack([recorder.trajectory(order) for order in orders]).double()
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tolerance = tau * span
         fractions[tau] = collapse_points(trajectories, v_empty, tolerance).double() / n
         stops = truncation_stops(trajectories, v_empty, tolerance, args.patience).double() / n
-        cut = monte_carlo(game, args.orders, truncation=tau, patience=args.patience, seed=args.seed, k=args.top_k)
+        cut = monte_carlo(game, args.orders, truncation=tau, patience=args.patience, seed=args.seed, top_k=args.top_k)
         diff = (cut.values - exact_scans.values).abs()
         skipped = 1 - (cut.n_evals - 2) / scan_evals
         overlap = len(top_ref & set(cut.top_k.tolist()))

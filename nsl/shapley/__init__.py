@@ -3,10 +3,12 @@
 from nsl.shapley.distributed import Collective, LightningCollective, LocalCollective, TorchCollective
 from nsl.shapley.exact import coalitions, exact, shapley_from_values
 from nsl.shapley.monte_carlo import monte_carlo
+from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import RunningStats, ShapleyResult
 from nsl.shapley.tmab import confidence_radius, tmab
 
 __all__ = [
+    "ESTIMATORS",
     "Collective",
     "LightningCollective",
     "LocalCollective",

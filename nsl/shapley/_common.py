@@ -56,6 +56,23 @@ def check_top_k(top_k: object, n_players: int) -> None:
         )
 
 
+def resolve_top_k(top_k: int | None, n_players: int) -> int:
+    """``top_k`` checked against N, or ``min(10, N − 1)`` when it is None (every estimator's default)."""
+    if top_k is None:
+        return max(1, min(10, n_players - 1))
+    check_top_k(top_k, n_players)
+    return top_k
+
+
+TAILS = ("top", "bottom", "both")
+
+
+def check_tail(tail: object) -> None:
+    """``tail`` names which end of the ranking to resolve: the top-k, the bottom-k (culprits) or both."""
+    if tail not in TAILS:
+        raise ValueError(f"tail={tail!r} is not supported; use one of {TAILS}.")
+
+
 def default_batch_size(game: Game) -> int:
     """Coalitions per call: the game's own chunk size when it has one, else 64."""
     return int(getattr(game, "chunk_size", 64) or 64)

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from nsl.games.base import Game
-from nsl.shapley._common import CountingGame, check_positive_int, player_names
+from nsl.shapley._common import CountingGame, check_positive_int, check_tail, player_names, resolve_top_k
+from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import ShapleyResult
 
 MAX_EXACT_PLAYERS = 20
@@ -45,10 +46,14 @@ def shapley_from_values(values: Tensor) -> Tensor:
     return phi
 
 
-def exact(game: Game, *, k: int = 10, batch_size: int = 4096, names: list[str] | None = None) -> ShapleyResult:
+@ESTIMATORS.register("exact")
+def exact(
+    game: Game, *, top_k: int | None = None, tail: str = "top", batch_size: int = 4096, names: list[str] | None = None
+) -> ShapleyResult:
     """Exact Shapley values of a game with at most 20 players, by enumerating every coalition.
 
-    Costs 2ᴺ evaluations, ``batch_size`` coalitions per call to the game.
+    Costs 2ᴺ evaluations, ``batch_size`` coalitions per call to the game. ``top_k`` sets how many players the
+    result's ``top_k`` lists (default ``min(10, N − 1)``); ``tail`` is accepted for a uniform signature.
     """
     counted = CountingGame(game)
     n = counted.n_players
@@ -58,6 +63,7 @@ def exact(game: Game, *, k: int = 10, batch_size: int = 4096, names: list[str] |
             f"N={n}. Use monte_carlo() or tmab() instead, or select fewer layers."
         )
     check_positive_int("batch_size", batch_size)
+    check_tail(tail)
     start = time.perf_counter()
     values = all_values(counted, batch_size)
     phi = shapley_from_values(values)
@@ -67,7 +73,7 @@ def exact(game: Game, *, k: int = 10, batch_size: int = 4096, names: list[str] |
         counts=torch.full((n,), 2 ** (n - 1), dtype=torch.int64),
         n_evals=counted.n_evals,
         converged=True,
-        k=min(k, n),
+        k=resolve_top_k(top_k, n),
         names=player_names(game, names),
         method="exact",
         seconds=time.perf_counter() - start,

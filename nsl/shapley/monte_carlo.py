@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 from nsl.games.base import Game
-from nsl.shapley._common import check_positive_int, player_names
+from nsl.shapley._common import check_positive_int, check_tail, player_names, resolve_top_k
 from nsl.shapley.distributed import Collective
+from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import ShapleyResult, result_from_stats
 from nsl.shapley.scan import Budget, PermutationSampler, sample
 
 
+@ESTIMATORS.register("monte_carlo")
 def monte_carlo(
     game: Game,
     n_permutations: int = 100,
@@ -22,7 +24,8 @@ def monte_carlo(
     max_seconds: float | None = None,
     batch_size: int | None = None,
     seed: int = 0,
-    k: int = 10,
+    top_k: int | None = None,
+    tail: str = "top",
     names: list[str] | None = None,
     resume: ShapleyResult | None = None,
     progress: bool = False,
@@ -35,11 +38,14 @@ def monte_carlo(
     ``antithetic`` follows each order by its reverse. ``converged`` is False when ``max_evals`` or
     ``max_seconds`` stopped sampling before ``n_permutations`` scans. ``resume`` continues from an
     earlier result's statistics (give it a different ``seed``). ``progress`` shows a progress bar; Ctrl-C
-    stops sampling and returns the partial result with ``interrupted=True``. ``collective`` shares the
+    stops sampling and returns the partial result with ``interrupted=True``. ``top_k`` sets how many players
+    the result's ``top_k`` lists (default ``min(10, N − 1)``); ``tail`` is accepted for a uniform signature
+    (every player is sampled alike). ``collective`` shares the
     ``n_permutations`` scans among processes (DDP ranks) as in :func:`~nsl.shapley.tmab`: every rank returns
     the same result, ``n_evals`` counts all ranks' evaluations and ``local_evals`` this rank's.
     """
     check_positive_int("n_permutations", n_permutations)
+    check_tail(tail)
     budget = Budget(max_evals, max_seconds)
     sampler = PermutationSampler(
         game,
@@ -66,7 +72,7 @@ def monte_carlo(
         local_evals=sampler.local_evals,
         world_size=sampler.world_size,
         converged=sampler.scans >= n_permutations,
-        k=min(k, sampler.n_players),
+        k=resolve_top_k(top_k, sampler.n_players),
         names=player_names(game, names),
         method="monte_carlo",
         interrupted=interrupted,

@@ -17,13 +17,13 @@ import torch
 from torch import Tensor
 
 from nsl.games.base import Game
-from nsl.shapley._common import check_positive_int, check_top_k, player_names
+from nsl.shapley._common import TAILS, check_positive_int, check_tail, check_top_k, player_names, resolve_top_k
 from nsl.shapley.distributed import Collective, check_same
+from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import RunningStats, ShapleyResult, result_from_stats
 from nsl.shapley.scan import Budget, PermutationSampler, check_fraction, sample
 
 BOUNDS = ("bernstein", "normal")
-TAILS = ("top", "bottom", "both")
 
 
 def confidence_radius(stats: RunningStats, delta: float, bound: str = "bernstein") -> Tensor:
@@ -63,9 +63,10 @@ def unresolved(
     return active
 
 
+@ESTIMATORS.register("tmab")
 def tmab(
     game: Game,
-    top_k: int = 10,
+    top_k: int | None = None,
     *,
     delta: float = 0.05,
     epsilon: float = 0.01,
@@ -92,7 +93,7 @@ def tmab(
 
     Args:
         game: any game (``n_players`` and ``__call__(present) -> values``).
-        top_k: how many top players to separate from the rest.
+        top_k: how many top players to separate from the rest (default ``min(10, N − 1)``).
         delta: allowed probability that a player is misplaced (split over N players with ``union_bound``).
         epsilon: tolerance as a fraction of |v(N) − v(∅)|: players this close to the threshold count as
             resolved.
@@ -123,15 +124,14 @@ def tmab(
             process.
     """
     n = getattr(game, "n_players", None)
-    if isinstance(n, int):
+    if isinstance(n, int) and top_k is not None:
         check_top_k(top_k, n)
     if not isinstance(delta, (int, float)) or not 0 < delta < 1:
         raise ValueError(f"delta={delta!r} is not accepted; use a number in (0, 1).")
     check_fraction("epsilon", epsilon, allow_none=False)
     if bound not in BOUNDS:
         raise ValueError(f"bound={bound!r} is not supported; use one of {BOUNDS}.")
-    if tail not in TAILS:
-        raise ValueError(f"tail={tail!r} is not supported; use one of {TAILS}.")
+    check_tail(tail)
     check_positive_int("min_samples", min_samples)
     if max_evals == -1:
         max_evals = 100 * n if isinstance(n, int) and n > 0 else None
@@ -147,7 +147,7 @@ def tmab(
         collective=collective,
     )
     n = sampler.n_players
-    check_top_k(top_k, n)
+    top_k = resolve_top_k(top_k, n)
     level = delta / n if union_bound else delta
     tolerance = epsilon * sampler.span
     if sampler.collective is not None:
