@@ -4,6 +4,7 @@ from nsl.games.accuracy import METRICS, AccuracyGame, ClassGame, coalition_metri
 from nsl.games.adversarial import AdversarialGame
 from nsl.games.attacks import linf_attack
 from nsl.games.base import Game, ModelGame, check_game
+from nsl.games.counting import CountingGame
 from nsl.games.fairness import FAIRNESS_METRICS, FairnessGame
 from nsl.games.synthetic import HarsanyiGame, additive_game, pairwise_game
 
@@ -13,6 +14,7 @@ __all__ = [
     "AccuracyGame",
     "AdversarialGame",
     "ClassGame",
+    "CountingGame",
     "FairnessGame",
     "Game",
     "HarsanyiGame",

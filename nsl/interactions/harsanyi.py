@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from nsl.games.base import Game, check_game
-from nsl.shapley._common import CountingGame, check_positive_int
+from nsl.games.counting import CountingGame
+from nsl.shapley._common import check_positive_int
 from nsl.shapley.exact import coalitions
 
 MAX_PLAYERS = 20

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 
 from nsl.games.base import Game
+from nsl.games.counting import CountingGame
 from nsl.interactions.harsanyi import check_interaction_game, harsanyi, pairwise_from_dividends
 from nsl.interactions.subgame import check_players, game_names
-from nsl.shapley._common import CountingGame, check_positive_int
+from nsl.shapley._common import check_positive_int
 
 MAX_EXACT_PAIRWISE = 16
 METHODS = ("auto", "exact", "sampled")

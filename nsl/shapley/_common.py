@@ -1,37 +1,11 @@
-"""Pieces shared by the estimators: argument checks and a game wrapper that counts evaluations."""
+"""Pieces shared by the estimators: argument checks and player names."""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from nsl.games.base import Game
+from nsl.games.counting import CountingGame
 
-from nsl.games.base import Game, check_game
-
-
-class CountingGame:
-    """Wraps a game and counts every coalition it is asked to evaluate; checks its answers."""
-
-    def __init__(self, game: Game) -> None:
-        self.game = game
-        self.n_players = check_game(game)
-        self.n_evals = 0
-
-    def __call__(self, present: Tensor) -> Tensor:
-        values = torch.as_tensor(self.game(present)).double().reshape(-1).cpu()
-        k = present.shape[0] if present.dim() == 2 else 1
-        if values.shape != (k,):
-            raise ValueError(f"the game returned {tuple(values.shape)} values for {k} coalitions.")
-        if not torch.isfinite(values).all():
-            raise ValueError("the game returned NaN or inf for a coalition; its value must be finite.")
-        self.n_evals += k
-        return values
-
-    def full_and_empty(self) -> tuple[float, float]:
-        both = torch.stack(
-            [torch.ones(self.n_players, dtype=torch.bool), torch.zeros(self.n_players, dtype=torch.bool)]
-        )
-        v = self(both)
-        return float(v[0]), float(v[1])
+__all__ = ["CountingGame"]
 
 
 def player_names(game: Game, names: list[str] | None) -> list[str] | None:
