@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from nsl.report.plots import new_figure
 
 
 def plot_interactions(
@@ -41,8 +42,7 @@ def plot_interactions(
     limit = limit if limit > 0 else 1.0
 
     size = min(4.0 + 0.55 * k, 16.0)
-    fig = Figure(figsize=(size + 1.2, size))
-    FigureCanvasAgg(fig)
+    fig = new_figure((size + 1.2, size))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(shown.numpy(), cmap=cmap, vmin=-limit, vmax=limit)
     ax.set_xticks(range(k), labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=8)

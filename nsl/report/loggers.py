@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 
@@ -68,7 +67,7 @@ def log_histogram(loggers: Sequence[Logger], key: str, values: Any, step: int) -
 
 
 def log_figure(loggers: Sequence[Logger], key: str, fig: Figure, step: int) -> None:
-    """A matplotlib figure as a W&B image or a TensorBoard figure; closed afterwards."""
+    """A matplotlib figure as a W&B image or a TensorBoard figure."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             import wandb
@@ -76,7 +75,6 @@ def log_figure(loggers: Sequence[Logger], key: str, fig: Figure, step: int) -> N
             logger.experiment.log({key: wandb.Image(fig), "trainer/global_step": step})
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(key, fig, global_step=step, close=False)
-    plt.close(fig)
 
 
 def log_result(

@@ -1,21 +1,29 @@
-"""Matplotlib figures of a Shapley run: the value histogram and the removal curve."""
+"""Matplotlib figures of a Shapley run: the value histogram and the removal curve.
+
+Figures are made without pyplot, on their own Agg canvas: drawing one inside a callback or a test never
+touches pyplot's global state or the user's plotting backend.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from nsl.report.curves import RemovalCurve
 from nsl.shapley.result import ShapleyResult
 
 
+def new_figure(figsize: tuple[float, float], dpi: int = 100) -> Figure:
+    """An empty figure on its own Agg canvas (pyplot-free, so ``savefig`` works and nothing needs closing)."""
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def value_histogram(result: ShapleyResult, title: str = "") -> Figure:
     """Histogram of the filters' Shapley values (a few large values on a flat bulk is the paper's finding)."""
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    fig = new_figure((5, 3.2))
+    ax = fig.subplots()
     ax.hist(result.values.numpy(), bins=40, color="tab:blue")
     ax.set_xlabel("Shapley value")
     ax.set_ylabel("filters")
@@ -26,7 +34,8 @@ def value_histogram(result: ShapleyResult, title: str = "") -> Figure:
 
 def removal_plot(curve: RemovalCurve, label: str = "Shapley", ylabel: str = "value", title: str = "") -> Figure:
     """Value against filters removed: the ranking's curve next to the mean (± sd) of random removal."""
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    fig = new_figure((5, 3.2))
+    ax = fig.subplots()
     ax.plot(curve.removed, curve.ranked, marker="o", markersize=3, label=f"{label} (top first)")
     lo = [m - s for m, s in zip(curve.random, curve.random_std, strict=True)]
     hi = [m + s for m, s in zip(curve.random, curve.random_std, strict=True)]
