@@ -19,7 +19,7 @@ from nsl.interactions import (
     audit,
     banzhaf_from_dividends,
     harsanyi,
-    integrated_gradients,
+    integrated_gradients_from_dividends,
     interaction_index,
     inverse_mobius,
     mobius,
@@ -366,8 +366,8 @@ def test_multilinear_extension_is_the_expected_value_of_random_coalitions() -> N
 def test_integrated_gradients_tend_to_shapley() -> None:
     d = harsanyi(random_game(6, 20, 9))
     phi = shapley_from_dividends(d)
-    coarse = (integrated_gradients(d, steps=4) - phi).abs().max()
-    fine = (integrated_gradients(d, steps=400) - phi).abs().max()
+    coarse = (integrated_gradients_from_dividends(d, steps=4) - phi).abs().max()
+    fine = (integrated_gradients_from_dividends(d, steps=400) - phi).abs().max()
     assert fine < 1e-4 < coarse
     assert fine < coarse / 1000
 

@@ -37,17 +37,11 @@ from nsl.interactions.harsanyi import (
     shapley_from_dividends,
 )
 from nsl.interactions.subgame import game_names
+from nsl.registry import Registry
+from nsl.validation import check_choice, check_int
 
 MAX_AUDIT_PLAYERS = 16
-AUDIT_METHODS = ("occlusion1", "gradient_x_input", "integrated_gradients", "shapley", "banzhaf")
 IG_RULES = ("midpoint", "left", "right")
-LABELS = {
-    "occlusion1": "leave-one-out (Occlusion-1)",
-    "gradient_x_input": "gradient×activation (Grad×Input on gates)",
-    "integrated_gradients": "integrated gradients (gates)",
-    "shapley": "Shapley",
-    "banzhaf": "Banzhaf",
-}
 
 
 # ---------------------------------------------------------------------------- the gate game
@@ -102,36 +96,48 @@ def gradient_x_input(dividends: Tensor) -> Tensor:
 
 def ig_nodes(steps: int, rule: str = "midpoint") -> Tensor:
     """Points t_k in [0, 1] of an m-step Riemann sum (equal weights 1/m)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r} must be a positive int.")
-    if rule not in IG_RULES:
-        raise ValueError(f"rule={rule!r} is not supported; use one of {IG_RULES}.")
+    check_int("steps", steps, low=1)
+    check_choice("rule", rule, IG_RULES)
     k = torch.arange(steps, dtype=torch.float64)
     shift = {"midpoint": 0.5, "left": 0.0, "right": 1.0}[rule]
     return (k + shift) / steps
 
 
-def integrated_gradients(dividends: Tensor, steps: int = 20, rule: str = "midpoint") -> Tensor:
-    """Integrated gradients on the gates from g = 0 to g = 1 along the diagonal, m-step Riemann sum."""
+def integrated_gradients_from_dividends(dividends: Tensor, steps: int = 20, rule: str = "midpoint") -> Tensor:
+    """Integrated gradients on the gates from g = 0 to g = 1 along the diagonal, m-step Riemann sum.
+
+    The exact gate game's IG (not :func:`nsl.baselines.integrated_gradients`, which runs Captum on a network).
+    """
     n = n_players_of_table(dividends, "dividends")
     t = ig_nodes(steps, rule)
     grads = _gate_gradients(dividends, t[:, None] * torch.ones(1, n, dtype=torch.float64))
     return grads.mean(dim=0)  # × (input − baseline) = 1
 
 
+@dataclass(frozen=True)
+class AuditMethod:
+    """An attribution method the audit knows: its label and ``attribute(dividends, ig_steps, ig_rule) -> (n,)``."""
+
+    label: str
+    attribute: Callable[[Tensor, int, str], Tensor]
+
+
+AUDIT_METHODS: Registry[AuditMethod] = Registry("audit method")
+AUDIT_METHODS.register("occlusion1", AuditMethod("leave-one-out (Occlusion-1)", lambda d, _s, _r: occlusion1(d)))
+AUDIT_METHODS.register(
+    "gradient_x_input",
+    AuditMethod("gradient×activation (Grad×Input on gates)", lambda d, _s, _r: gradient_x_input(d)),
+)
+AUDIT_METHODS.register(
+    "integrated_gradients", AuditMethod("integrated gradients (gates)", integrated_gradients_from_dividends)
+)
+AUDIT_METHODS.register("shapley", AuditMethod("Shapley", lambda d, _s, _r: shapley_from_dividends(d)))
+AUDIT_METHODS.register("banzhaf", AuditMethod("Banzhaf", lambda d, _s, _r: banzhaf_from_dividends(d)))
+
+
 def attribute(method: str, dividends: Tensor, *, ig_steps: int = 20, ig_rule: str = "midpoint") -> Tensor:
-    """Attributions (n,) of ``method`` (one of ``AUDIT_METHODS``) for the game with these dividends."""
-    if method == "occlusion1":
-        return occlusion1(dividends)
-    if method == "gradient_x_input":
-        return gradient_x_input(dividends)
-    if method == "integrated_gradients":
-        return integrated_gradients(dividends, ig_steps, ig_rule)
-    if method == "shapley":
-        return shapley_from_dividends(dividends)
-    if method == "banzhaf":
-        return banzhaf_from_dividends(dividends)
-    raise ValueError(f"method={method!r} is not supported; use one of {AUDIT_METHODS}.")
+    """Attributions (n,) of ``method`` (registered in :data:`AUDIT_METHODS`) for the game with these dividends."""
+    return AUDIT_METHODS[method].attribute(dividends, ig_steps, ig_rule)
 
 
 def allocation_matrix(
@@ -145,8 +151,7 @@ def allocation_matrix(
     valid = isinstance(n_players, int) and not isinstance(n_players, bool)
     if not valid or not 1 <= n_players <= MAX_AUDIT_PLAYERS:
         raise ValueError(f"n_players={n_players!r} must be an int in [1, {MAX_AUDIT_PLAYERS}].")
-    if method not in AUDIT_METHODS:
-        raise ValueError(f"method={method!r} is not supported; use one of {AUDIT_METHODS}.")
+    check_choice("method", method, AUDIT_METHODS)
     zero = torch.zeros(2**n_players, dtype=torch.float64)
     jac = torch.autograd.functional.jacobian(
         lambda d: attribute(method, d, ig_steps=ig_steps, ig_rule=ig_rule), zero, create_graph=False
@@ -184,7 +189,7 @@ class AuditRow:
 
     @property
     def label(self) -> str:
-        return LABELS.get(self.method, self.method)
+        return AUDIT_METHODS[self.method].label if self.method in AUDIT_METHODS else self.method
 
     def as_dict(self) -> dict:
         return {
@@ -261,14 +266,14 @@ def allocation_report(
 def audit(
     source: Game | Tensor,
     *,
-    methods: Sequence[str] = AUDIT_METHODS,
+    methods: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
     ig_steps: int = 20,
     ig_rule: str = "midpoint",
     tol: float = 1e-9,
     batch_size: int = 4096,
 ) -> AttributionAudit:
-    """Audit ``methods`` on a small game (≤ 16 players) or on its dividends (a tensor of length 2ⁿ).
+    """Audit ``methods`` (default: every registered one) on a small game (≤ 16 players) or its dividends (2ⁿ).
 
     For a game, all 2ⁿ coalitions are evaluated once (:func:`harsanyi`). Returns the table of
     allocations, principle checks and attributions; ``.to_markdown()`` renders it.
@@ -283,10 +288,10 @@ def audit(
         default_names = game_names(source, n)
     if n > MAX_AUDIT_PLAYERS:
         raise ValueError(f"the audit is limited to n <= {MAX_AUDIT_PLAYERS} players; got n={n}.")
-    methods = list(methods)
+    methods = list(AUDIT_METHODS.names() if methods is None else methods)
     unknown = [m for m in methods if m not in AUDIT_METHODS]
     if unknown or not methods:
-        raise ValueError(f"methods={methods!r}: choose among {AUDIT_METHODS}.")
+        raise ValueError(f"methods={methods!r}: choose among {AUDIT_METHODS.names()}.")
     ig_nodes(ig_steps, ig_rule)  # validates both
     names = list(names) if names is not None else default_names
     if len(names) != n:
