@@ -18,11 +18,23 @@ product and the gates all measure a channel's deviation from the value a removed
 Every function leaves the model exactly as it was: parameters, buffers, hooks, train/eval modes and
 ``.grad`` are untouched, and the global random number generator is never drawn from.
 
-Example::
+Every score is registered by name in :data:`BASELINES` with the data it needs, so the benchmarks pick them
+by name and a new score is one function plus one registration:
 
-    scores = baseline_scores("taylor", model, players, x_val, y_val)
-    result = baseline_result("taylor", model, players, x_val, y_val)   # a ShapleyResult: prune, plot, log
-    curve = removal_curve(AccuracyGame(model, players, x_val, y_val), result.ranking())
+    >>> import torch
+    >>> from nsl import FilterPlayers
+    >>> from nsl.baselines import BASELINES, baseline_result
+    >>> from nsl.models import SmallCNN
+    >>> model = SmallCNN(channels=(2, 3, 4)).eval()
+    >>> players = FilterPlayers(model)
+    >>> BASELINES.names()
+    ('weight_l1', 'weight_l2', 'activation', 'taylor', 'leave_one_out', 'integrated_gradients', 'random')
+    >>> BASELINES["taylor"].data
+    'labelled'
+    >>> x, y = torch.rand(8, 1, 8, 8), torch.arange(8)
+    >>> result = baseline_result("taylor", model, players, x, y, k=3)   # a ShapleyResult: prune, plot, log
+    >>> result.values.shape, len(result.top_k)
+    (torch.Size([9]), 3)
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,10 +51,11 @@ from torch import Tensor, nn
 
 from nsl.games.accuracy import AccuracyGame
 from nsl.games.base import Game, check_game, model_device
-from nsl.players import FilterPlayers, PlayerLayer, _preserve_mode
-from nsl.shapley.result import ShapleyResult
+from nsl.players import FilterPlayers, PlayerLayer, preserve_mode
+from nsl.registry import Registry
+from nsl.shapley import ShapleyResult
+from nsl.validation import check_choice, check_int
 
-BASELINES = ("weight_l1", "weight_l2", "activation", "taylor", "leave_one_out", "integrated_gradients", "random")
 IG_OUTPUTS = ("prob", "logit", "log_prob")
 
 
@@ -67,8 +81,7 @@ def _check_data(inputs: Tensor | None, targets: Tensor | None, need_targets: boo
 
 
 def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int.")
+    check_int("batch_size", batch_size, low=1)
 
 
 def _fills(players: FilterPlayers, inputs: Tensor) -> list[Tensor]:
@@ -79,7 +92,7 @@ def _fills(players: FilterPlayers, inputs: Tensor) -> list[Tensor]:
     """
     if players.needs_calibration:
         players.calibrate(inputs)
-    return [fill.detach().clone() for fill in players._fill]  # type: ignore[union-attr]
+    return players.fill_values()
 
 
 def _channel_view(values: Tensor, out: Tensor, channel_dim: int) -> Tensor:
@@ -105,7 +118,7 @@ def _positions(out: Tensor, channel_dim: int) -> int:
 @contextlib.contextmanager
 def _analysis(model: nn.Module, grad: bool) -> Iterator[None]:
     """Eval mode for the block, every module's mode restored after; autograd on (also under inference mode)."""
-    with _preserve_mode(model), contextlib.ExitStack() as stack:
+    with preserve_mode(model), contextlib.ExitStack() as stack:
         model.eval()
         if grad:
             stack.enter_context(torch.inference_mode(False))
@@ -320,10 +333,8 @@ def integrated_gradients(
     _check_players(model, players)
     _check_data(inputs, targets, True, "integrated_gradients")
     _check_batch_size(batch_size)
-    if output not in IG_OUTPUTS:
-        raise ValueError(f"output={output!r} is not supported; use one of {IG_OUTPUTS}.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r} must be a positive int.")
+    check_choice("output", output, IG_OUTPUTS)
+    check_int("steps", steps, low=1)
     device = model_device(model)
     fills: list[Tensor] = []
     state: dict[str, Tensor] = {}
@@ -372,6 +383,31 @@ def random_scores(players: FilterPlayers | int, *, seed: int = 0) -> Tensor:
 # -------------------------------------------------------------------------------------------- one door
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """A registered importance score: its function and the evaluation data it needs besides model and players.
+
+    ``data`` is ``"none"`` (weights only: ``score(model, players)``), ``"inputs"`` (``score(model, players,
+    inputs)``), ``"labelled"`` (``score(model, players, inputs, targets)``) or ``"game"`` (``score(model,
+    players, inputs, targets, game=...)``: a game, or labelled data to build the accuracy game from).
+    ``coalitions(n)`` is how many game coalitions it evaluates for n players.
+    """
+
+    score: Callable[..., Tensor]
+    data: str = "labelled"
+    coalitions: Callable[[int], int] = lambda n: 0
+
+
+BASELINES: Registry[Baseline] = Registry("baseline score")
+BASELINES.register("weight_l1", Baseline(weight_l1, "none"))
+BASELINES.register("weight_l2", Baseline(weight_l2, "none"))
+BASELINES.register("activation", Baseline(activation, "inputs"))
+BASELINES.register("taylor", Baseline(taylor))
+BASELINES.register("leave_one_out", Baseline(leave_one_out, "game", coalitions=lambda n: n + 1))
+BASELINES.register("integrated_gradients", Baseline(integrated_gradients))
+BASELINES.register("random", Baseline(lambda model, players, **kw: random_scores(players, **kw), "none"))
+
+
 def baseline_scores(
     name: str,
     model: nn.Module,
@@ -380,27 +416,19 @@ def baseline_scores(
     targets: Tensor | None = None,
     **kwargs: Any,
 ) -> Tensor:
-    """The importance score ``name`` (one of :data:`BASELINES`) of every player, float64 (N,), higher = more
-    important; ``kwargs`` go to that score's function (e.g. ``seed`` for ``"random"``, ``game`` for
+    """The importance score ``name`` (registered in :data:`BASELINES`) of every player, float64 (N,), higher =
+    more important; ``kwargs`` go to that score's function (e.g. ``seed`` for ``"random"``, ``game`` for
     ``"leave_one_out"``, ``steps`` for ``"integrated_gradients"``, ``bn_scale`` for the weight norms)."""
-    if name not in BASELINES:
-        raise ValueError(f"baseline {name!r} is not known; use one of {BASELINES}.")
+    entry = BASELINES[name]
     _check_players(model, players)
-    if name == "weight_l1":
-        return weight_l1(model, players, **kwargs)
-    if name == "weight_l2":
-        return weight_l2(model, players, **kwargs)
-    if name == "random":
-        return random_scores(players, **kwargs)
-    if name == "leave_one_out":
-        return leave_one_out(model, players, inputs, targets, **kwargs)
-    if name == "activation":
-        _check_data(inputs, None, False, name)
-        return activation(model, players, inputs, **kwargs)
-    _check_data(inputs, targets, True, name)
-    if name == "taylor":
-        return taylor(model, players, inputs, targets, **kwargs)
-    return integrated_gradients(model, players, inputs, targets, **kwargs)
+    if entry.data == "none":
+        return entry.score(model, players, **kwargs)
+    if entry.data == "game":  # checks its own data: a game, or labelled data for the accuracy game
+        return entry.score(model, players, inputs, targets, **kwargs)
+    _check_data(inputs, targets, entry.data == "labelled", name)
+    if entry.data == "inputs":
+        return entry.score(model, players, inputs, **kwargs)
+    return entry.score(model, players, inputs, targets, **kwargs)
 
 
 def as_result(
@@ -447,5 +475,5 @@ def baseline_result(
     coalitions evaluated (N + 1 for ``leave_one_out``, 0 for the scores that evaluate no coalition)."""
     start = time.perf_counter()
     scores = baseline_scores(name, model, players, inputs, targets, **kwargs)
-    n_evals = players.n_players + 1 if name == "leave_one_out" else 0
+    n_evals = BASELINES[name].coalitions(players.n_players)
     return as_result(scores, players, name, k=k, n_evals=n_evals, seconds=time.perf_counter() - start)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 ABLATIONS = ("zero", "mean", "bn_beta")
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def _batchnorm_after(model: nn.Module, conv_names: list[str]) -> dict[str, str]:
         for name in conv_names:
             i = order.index(name)
             nxt = modules[order[i + 1]] if i + 1 < len(order) else None
-            if isinstance(nxt, _BATCHNORMS) and nxt.num_features == _out_channels(modules[name]):
+            if isinstance(nxt, BATCHNORMS) and nxt.num_features == _out_channels(modules[name]):
                 found[name] = order[i + 1]
         return found
     found = {}
@@ -112,7 +112,7 @@ def _batchnorm_after(model: nn.Module, conv_names: list[str]) -> dict[str, str]:
         users = list(node.users)
         if len(users) == 1 and users[0].op == "call_module":
             target = modules.get(users[0].target)
-            if isinstance(target, _BATCHNORMS):
+            if isinstance(target, BATCHNORMS):
                 found[node.target] = users[0].target
     return found
 
@@ -176,6 +176,15 @@ class FilterPlayers:
         """True while ``ablation="mean"`` has no activation means yet (see :meth:`calibrate`)."""
         return self._fill is None
 
+    def fill_values(self) -> list[Tensor]:
+        """Per layer, the value each removed channel takes (0 for ``ablation="zero"``), as fresh copies.
+
+        Raises when ``ablation="mean"`` has not been calibrated yet (see :meth:`calibrate`).
+        """
+        if self._fill is None:
+            raise RuntimeError("ablation='mean' needs activation means: call players.calibrate(inputs) first.")
+        return [fill.detach().clone() for fill in self._fill]
+
     def _constant_fill(self) -> list[Tensor]:
         """Per-layer values a removed channel takes for ``zero`` and ``bn_beta`` ablation."""
         modules = dict(self.model.named_modules())
@@ -215,7 +224,7 @@ class FilterPlayers:
             return hook
 
         handles = []
-        with _preserve_mode(self.model):
+        with preserve_mode(self.model):
             self.model.eval()
             try:
                 for i, layer in enumerate(self.layers):
@@ -414,8 +423,8 @@ class _MaskHook:
 
 
 @contextlib.contextmanager
-def _preserve_mode(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's train/eval flag when the block exits."""
+def preserve_mode(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval flag when the block exits (analyses switch to eval mode inside)."""
     modes = [(m, m.training) for m in model.modules()]
     try:
         yield

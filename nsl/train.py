@@ -6,10 +6,15 @@ swept from the command line::
     nsl-train                                   # digits, small CNN, 4 games, prune culprits, W&B offline
     nsl-train game=accuracy repair=none trainer.max_epochs=5
     nsl-train -m repair=none,filter_dropout     # two runs in one W&B group
+
+A game, estimator or repair of your own is a module that registers it (``nsl.GAMES``, ``nsl.ESTIMATORS``,
+``nsl.REPAIRS``) and a YAML that chooses it; ``imports: [your_module]`` in the config imports the module
+before anything is built, e.g. ``nsl-train --config-dir my_conf experiment=my_study``.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +66,11 @@ def _hyperparameters(cfg: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate data, model, callbacks, loggers and trainer from ``cfg``; fit, test; return the metrics.
 
-    Every component is built before training starts, so a bad config value fails at once.
+    Every component is built before training starts, so a bad config value fails at once. The modules named
+    in ``cfg.imports`` are imported first, so what they register can be chosen by name.
     """
+    for module in cfg.get("imports") or []:
+        importlib.import_module(module)
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
@@ -123,7 +131,7 @@ def _print_summary(trainer: L.Trainer, callbacks: list[Any], loggers: list[Logge
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             run_dir = logger.experiment.dir.removesuffix("/files")
-            lines.append(f"  W&B run: {run_dir} (group {logger._wandb_init.get('group')})")
+            lines.append(f"  W&B run: {run_dir} (group {logger.experiment.group})")
     print("\n".join(lines))
 
 

@@ -116,7 +116,7 @@ def test_planted_scores_model_untouched(name, planted):
 
 def test_unknown_name_lists_accepted_names(planted):
     net, players, x, y = planted
-    with pytest.raises(ValueError, match=r"'shapley'.*weight_l1.*integrated_gradients.*random"):
+    with pytest.raises(ValueError, match=r"baseline score 'shapley'; registered: .*integrated_gradients.*weight_l1"):
         baseline_scores("shapley", net, players, x, y)
     with pytest.raises(ValueError, match="taylor needs targets"):
         baseline_scores("taylor", net, players, x)

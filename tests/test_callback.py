@@ -12,7 +12,7 @@ from conftest import inspect_wandb
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from nsl import NeuronShapley, ShapleyResult
+from nsl import NeuronShapley, ShapleyRepair, ShapleyResult
 from nsl.data import DigitsDataModule, FairDigitsDataModule
 from nsl.models import Classifier, SmallCNN
 
@@ -162,14 +162,11 @@ def test_resume_from_checkpoint_keeps_statistics(tmp_path: Path) -> None:
 
 
 def test_fairness_game_uses_datamodule_groups_and_prune_repair(tmp_path: Path) -> None:
-    cb = NeuronShapley(
-        games=["accuracy", "fairness"],
-        repair={"method": "prune", "game": "accuracy", "k": 3, "only_signed": False},
-        **FAST,
-    )
-    model = fit(tmp_path, [cb], epochs=2, datamodule=FairDigitsDataModule())
+    cb = NeuronShapley(games=["accuracy", "fairness"], **FAST)
+    repair = ShapleyRepair("prune", game="accuracy", k=3, only_signed=False)
+    model = fit(tmp_path, [repair, cb], epochs=2, datamodule=FairDigitsDataModule())  # order does not matter
     assert "fairness" in cb.results
-    rows = {r["metric"]: r for r in cb.repair_report}
+    rows = {r["metric"]: r for r in repair.report}
     assert set(rows) == {"accuracy", "fairness"}
     pruned = cb.results["accuracy"].culprits(3, negative=True)
     # The pruned filters are exactly zero after their BatchNorm: its scale and shift are zeroed.
@@ -188,9 +185,6 @@ def test_fairness_game_uses_datamodule_groups_and_prune_repair(tmp_path: Path) -
         ({"start_epoch": 1.5}, "start_epoch=1.5"),
         ({"estimator": "sobol"}, "estimator='sobol'"),
         ({"every_n_epochs": None, "at_fit_end": False}, "never run"),
-        ({"repair": {"method": "melt"}}, "method='melt'"),
-        ({"repair": {"game": "fairness"}}, "game='fairness'"),
-        ({"repair": {"p": 1.0, "method": "dropout_finetune"}}, "p=1.0"),
         ({"interactions": 13}, "interactions=13"),
     ],
 )
@@ -215,22 +209,83 @@ def test_fairness_without_groups_is_a_clear_error(tmp_path: Path) -> None:
         fit(tmp_path, [cb], epochs=1)
 
 
-def test_guided_dropout_finetune_repair_reports_and_changes_weights(tmp_path: Path) -> None:
-    cb = NeuronShapley(
-        games="accuracy", repair={"method": "dropout_finetune", "epochs": 1, "p": 0.2}, **FAST
-    )
+def test_guided_dropout_repair_fine_tunes_the_last_epochs_of_the_fit(tmp_path: Path) -> None:
+    cb = NeuronShapley(games="accuracy", **FAST)
+    repair = ShapleyRepair("guided_dropout", epochs=1, p=0.2)
     L.seed_everything(0, verbose=False)
     model = Classifier(SmallCNN(channels=(6, 8, 10)))
-    trainer = make_trainer(tmp_path, [cb], epochs=1)
+    trainer = make_trainer(tmp_path, [cb, repair], epochs=2)
 
     class Snapshot(L.Callback):
-        def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            self.before = {k: v.clone() for k, v in pl_module.state_dict().items()}
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.hooked = getattr(repair._dropout, "hooked", None)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.dropped = repair._dropout.dropped if repair._dropout is not None else 0
 
     snap = Snapshot()
-    trainer.callbacks.insert(0, snap)  # runs before NeuronShapley's fit-end repair
+    trainer.callbacks.append(snap)
     trainer.fit(model, DigitsDataModule())
-    assert [r["metric"] for r in cb.repair_report] == ["accuracy"]
-    changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, snap.before[k])]
-    assert any(k.startswith("net.features") for k in changed)
+    assert [r["metric"] for r in repair.report] == ["accuracy"]
+    # The guiding analysis ran when the last epoch started (epoch 1), then the usual one at the end.
+    assert [(h["epoch"], h["stage"]) for h in cb.history["accuracy"]] == [(1, "repair"), (2, "fit_end")]
+    assert snap.dropped > 0 and not repair._dropout.hooked  # dropout only inside training steps of epoch 1
+    assert all(not m._forward_hooks for m in model.modules())
+    assert model.trainer is trainer  # the same fit did the fine-tuning: no second Trainer
     assert "filter dropout" in (tmp_path / "neuron_shapley" / "repair.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "melt"}, "repair method 'melt'"),
+        ({"method": "prune", "p": 0.1}, r"repair 'prune'.*'p'.*its options are \['k', 'negative', 'only_signed'\]"),
+        ({"method": "guided_dropout", "p": 1.0}, r"p=1\.0"),
+        ({"method": "prune", "k": 0}, "k=0"),
+        ({"heldout_size": 0}, "heldout_size=0"),
+    ],
+)
+def test_bad_repair_arguments_fail_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ShapleyRepair(**kwargs)
+
+
+def test_repair_of_an_unknown_game_or_too_short_a_fit_fails_before_training(tmp_path: Path) -> None:
+    for repair, message in [
+        (ShapleyRepair("prune", game="fairness"), "game 'fairness' is not one of"),
+        (ShapleyRepair("guided_dropout", epochs=2), r"trainer.max_epochs=2 must be larger"),
+    ]:
+        L.seed_everything(0, verbose=False)
+        model = Classifier(SmallCNN(channels=(6, 8, 10)))
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(Exception, match=message):
+            make_trainer(tmp_path, [NeuronShapley("accuracy", **FAST), repair]).fit(model, DigitsDataModule())
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(Exception, match="the trainer has 0"):
+        make_trainer(tmp_path, [ShapleyRepair()]).fit(Classifier(SmallCNN(channels=(6, 8, 10))), DigitsDataModule())
+
+
+def test_guided_dropout_resumes_inside_the_fine_tuning(tmp_path: Path) -> None:
+    def callbacks(folder: str) -> list:
+        ckpt = ModelCheckpoint(dirpath=tmp_path / folder, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        return [NeuronShapley(games="accuracy", **FAST), ShapleyRepair("guided_dropout", epochs=2, p=0.2), ckpt]
+
+    first = callbacks("ckpt")
+    fit(tmp_path, first, epochs=3, enable_checkpointing=True)
+    probabilities = first[1].state_dict()["probabilities"]
+    assert probabilities is not None and len(probabilities) == 24
+    # Resume from the end of epoch 1, inside the fine-tuning that started with epoch 1.
+    state = torch.load(tmp_path / "ckpt" / "epoch=1.ckpt", weights_only=True)  # plain tensors and Python only
+    resumed = callbacks("ckpt2")
+    L.seed_everything(0, verbose=False)
+    trainer = make_trainer(tmp_path, resumed, epochs=3, enable_checkpointing=True)
+    trainer.fit(Classifier(SmallCNN(channels=(6, 8, 10))), DigitsDataModule(),
+                ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    shapley, repair = resumed[0], resumed[1]
+    # No second guiding analysis: the fine-tuning continued with the checkpointed probabilities and stream.
+    assert [h["stage"] for h in shapley.history["accuracy"]] == ["repair", "fit_end"]
+    assert torch.equal(repair.state_dict()["probabilities"], probabilities)
+    saved = next(v for k, v in state["callbacks"].items() if k.startswith("ShapleyRepair"))
+    assert repair._dropout.seen > saved["dropout"]["seen"]  # it kept drawing masks in epoch 2
+    assert [r["metric"] for r in repair.report] == ["accuracy"]
+    assert repair.report[0]["before"] == first[1].report[0]["before"]  # measured once, before the fine-tuning

@@ -498,7 +498,7 @@ def test_guided_culprits_drop_only_the_k_culprits():
         ({"p": 1.0}, r"p=1.0 is not a drop probability"),
         ({"p": -0.1}, r"p=-0.1"),
         ({"p": 0.1, "mode": "uniform"}, "mode='uniform' is not supported"),
-        ({"p": 0.1, "mode": "culprits", "k": 0}, r"k=0 must be an integer in \[1, 4\]"),
+        ({"p": 0.1, "mode": "culprits", "k": 0}, r"k=0 is not accepted; use an int in \[1, 4\]"),
         ({"p": 0.5, "max_p": 0.4}, r"max_p=0.4 must be in \[p, 1\)"),
     ],
     ids=["p-one", "p-negative", "mode", "k", "max-p"],
@@ -557,7 +557,7 @@ def test_finetune_with_dropout_restores_modes_and_rejects_bad_epochs(model):
     assert not torch.equal(
         model.state_dict()["net.features.1.running_mean"], before["net.features.1.running_mean"]
     )
-    with pytest.raises(ValueError, match="epochs=0 must be a positive integer"):
+    with pytest.raises(ValueError, match="epochs=0 is not accepted"):
         finetune_with_dropout(model, DigitsDataModule().train_dataloader(), 0.1, epochs=0)
     with pytest.raises(ValueError, match="p=1 is not a drop probability"):
         finetune_with_dropout(model, DigitsDataModule().train_dataloader(), 1)

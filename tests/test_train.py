@@ -48,7 +48,7 @@ def test_default_config_composes_the_documented_run(tmp_path: Path) -> None:
     assert cfg.data._target_ == "nsl.data.FairDigitsDataModule"
     assert cfg.model.net._target_ == "nsl.models.SmallCNN"
     assert [g.kind for g in cfg.callbacks.neuron_shapley.games] == ["accuracy", "class", "fairness", "adversarial"]
-    assert cfg.callbacks.neuron_shapley.repair.method == "prune"
+    assert cfg.callbacks.shapley_repair.method == "prune"
     assert cfg.logger.wandb.offline is True
     callback = instantiate(cfg.callbacks.neuron_shapley)
     assert isinstance(callback, nsl.NeuronShapley) and [s.name for s in callback.specs] == [
@@ -63,8 +63,9 @@ def test_every_group_option_instantiates(tmp_path: Path, repair: str, game: str)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if "_target_" in c]
     names = {type(c).__name__ for c in callbacks}
     assert ("FilterDropout" in names) == (repair == "filter_dropout")
-    shapley = next(c for c in callbacks if isinstance(c, nsl.NeuronShapley))
-    assert (shapley.repair is None) == (repair in ("none", "filter_dropout"))
+    assert any(isinstance(c, nsl.NeuronShapley) for c in callbacks)
+    repairs = [c for c in callbacks if isinstance(c, nsl.ShapleyRepair)]
+    assert [r.name for r in repairs] == ([repair] if repair in ("prune", "guided_dropout") else [])
 
 
 def test_bad_config_values_fail_with_clear_errors(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_bad_config_values_fail_with_clear_errors(tmp_path: Path) -> None:
 
 def test_train_runs_end_to_end_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = compose_train(tmp_path, [*TINY, "logger=csv", "repair=prune", "callbacks.neuron_shapley.repair.k=2"])
+    cfg = compose_train(tmp_path, [*TINY, "logger=csv", "repair=prune", "callbacks.shapley_repair.k=2"])
     metrics = train(cfg)
     assert 0 <= metrics["test/acc"] <= 1
     out = tmp_path / "neuron_shapley"

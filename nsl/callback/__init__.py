@@ -1,6 +1,7 @@
-"""The NeuronShapley Lightning callback: which games, when, on which data, and what to log and repair."""
+"""The Lightning callbacks: ``NeuronShapley`` analyses and logs, ``ShapleyRepair`` acts on what it found."""
 
-from nsl.callback.neuron_shapley import ESTIMATORS, NeuronShapley
-from nsl.callback.specs import GAME_KINDS, EvalData, GameSpec, parse_games
+from nsl.callback.neuron_shapley import NeuronShapley
+from nsl.callback.repair import ShapleyRepair
+from nsl.callback.specs import EvalData, GameSpec, parse_games
 
-__all__ = ["ESTIMATORS", "GAME_KINDS", "EvalData", "GameSpec", "NeuronShapley", "parse_games"]
+__all__ = ["EvalData", "GameSpec", "NeuronShapley", "ShapleyRepair", "parse_games"]

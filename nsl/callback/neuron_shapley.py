@@ -1,10 +1,11 @@
-"""The NeuronShapley callback: Neuron Shapley on a schedule during training and at its end."""
+"""The NeuronShapley callback: Neuron Shapley on a schedule during training and when training ends."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,36 +14,44 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from typing_extensions import override
 
 from nsl.callback import data as eval_data
-from nsl.callback.specs import EvalData, GameSpec, parse_games
+from nsl.callback.specs import GameSpec, parse_games
+from nsl.games import EvalData, ModelGame
+from nsl.interactions import SubGame, pairwise_interactions
 from nsl.players import ABLATIONS, FilterPlayers
 from nsl.report import log_result, removal_curve, removal_plot, top_rows, value_histogram, write_csv
-from nsl.shapley import LightningCollective, ShapleyResult, monte_carlo, tmab
+from nsl.shapley import ESTIMATORS, LightningCollective, ShapleyResult
+from nsl.validation import check_bool, check_choice, check_int, check_number
 
-ESTIMATORS = ("tmab", "monte_carlo")
+MAX_INTERACTIONS = 12
+# What the callback hands every estimator; an estimator that does not take one of these simply does not get it
+# (``exact`` has no budget or seed). The user's ``estimator_kwargs`` are always passed, and checked up front.
+COMMON_ESTIMATOR_ARGS = ("top_k", "tail", "seed", "names", "max_evals", "max_seconds", "resume", "progress",
+                         "collective")
 
 
-def _check_optional_positive(name: str, value: Any, kind: type = int) -> None:
-    if value is None:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    if kind is int:
-        ok = ok and isinstance(value, int)
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not accepted; use None or a positive {kind.__name__}.")
+def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``kwargs`` that ``fn`` takes (all of them when it takes ``**kwargs``)."""
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in parameters}
 
 
 class NeuronShapley(Callback):
     r"""Find the filters responsible for accuracy, one class, fairness or adversarial weakness while training.
 
-    Runs TMAB-Shapley (or Monte Carlo) for each game on a fixed evaluation subset of the trainer's validation
-    data, every ``every_n_epochs`` epochs from ``start_epoch`` (at validation end) and once when fitting ends.
-    Analysis never changes training: the model's weights, buffers, hooks and modes are restored, the global
-    RNGs are untouched, so a fit with this callback ends with bitwise the same weights as one without it.
-    Each game's latest result is in ``callback.results[name]``, its history of top-k filters in
+    Plays each game (a name from :data:`nsl.games.GAMES`) with an estimator (a name from
+    :data:`nsl.shapley.ESTIMATORS`, TMAB-Shapley by default) on a fixed evaluation subset of the trainer's
+    validation data, every ``every_n_epochs`` epochs from ``start_epoch`` (at validation end) and once when
+    training ends. Analysis never changes training: the model's weights, buffers, hooks and modes are
+    restored, the global RNGs are untouched, so a fit with this callback ends with bitwise the same weights as
+    one without it. Each game's latest result is in ``callback.results[name]``, its history of top-k filters in
     ``callback.history[name]``; results are logged (histogram, top-k table, removal curve) and saved to
-    ``save_dir`` as ``<game>.pt`` (:meth:`ShapleyResult.load`) and ``<game>.csv``.
+    ``save_dir`` as ``<game>.pt`` (:meth:`ShapleyResult.load`) and ``<game>.csv``. To act on the culprits, add
+    a :class:`~nsl.callback.ShapleyRepair` after this callback.
 
     Under DDP every rank analyses the same evaluation set (the first ``eval_size`` examples of the whole
     validation data, as rank 0 read them) and samples its own permutations; the estimator statistics are
@@ -50,40 +59,45 @@ class NeuronShapley(Callback):
     does about ``1/world_size`` of the evaluations. Files and logs are written on global rank zero only.
 
     Args:
-        games: game names (``"accuracy"``, ``"class"``, ``"fairness"``, ``"adversarial"``) or mappings with
-            a ``kind`` and options, e.g. ``{"kind": "class", "class_index": 3}``; see :mod:`nsl.callback.specs`.
+        games: game names or mappings with a ``kind`` and options, e.g. ``{"kind": "class", "class_index": 3}``;
+            see :mod:`nsl.callback.specs`.
         layers: glob pattern(s) over module names choosing the layers whose filters are players
             (``None``: every ``Conv2d``).
         ablation: how a removed filter is silenced: ``"zero"``, ``"mean"`` or ``"bn_beta"``.
-        estimator: ``"tmab"`` (top-k bandit) or ``"monte_carlo"``.
+        estimator: a registered estimator: ``"tmab"`` (top-k bandit), ``"monte_carlo"``, ``"exact"`` (N ≤ 20) ...
         top_k: how many top filters to separate, log and report.
-        every_n_epochs: run at the end of every n-th validation epoch (``None``: only at fit end).
+        every_n_epochs: run at the end of every n-th validation epoch (``None``: only when training ends).
         start_epoch: first epoch to run at, an int or a fraction of ``max_epochs`` (e.g. ``0.5``).
-        at_fit_end: run once more when fitting ends.
+        at_fit_end: run once more when training ends.
         eval_size: examples of the validation data in the evaluation set (``None``: all).
         data: evaluation data given directly, ``(inputs, targets)`` or ``(inputs, targets, groups)``,
             instead of the validation data.
         max_evals, max_seconds: budget per game and run; the result says whether it converged first.
-        seed: seeds every estimator and attack (run r of game g uses its own derived seed).
-        estimator_kwargs: further keywords for the estimator (``epsilon``, ``truncation``, ``delta``, ...).
+        seed: seeds every estimator and game (run r of game g uses its own derived seed).
+        estimator_kwargs: further keywords for the estimator (``epsilon``, ``truncation``, ``n_permutations`` ...).
         accumulate: continue sampling from the previous run's statistics (for late-training runs on a model
             that barely changes) instead of starting afresh.
         removal_curve: log the value as top filters are removed, next to random removal (``False`` to skip).
         curve_steps: the removal curve goes up to this many filters (``None``: ``3 · top_k``).
         chunk_size: coalitions per forward pass (``None``: games choose from the evaluation batch size).
         save_dir: folder for result files (``None``: ``<trainer.default_root_dir>/neuron_shapley``).
-        repair: what to do with culprits after the fit-end run, e.g. ``{"method": "prune", "game": "fairness",
-            "k": 5}``; see :mod:`nsl.callback.repair`. ``None``: analysis only.
         interactions: also compute the exact pairwise Shapley interaction index among this many top filters
             (all other filters kept on; 2^n evaluations, n ≤ 12) and log it as a heatmap; 0 to skip.
         verbose: print a summary of each run.
 
     Example::
 
-        from lightning import Trainer
-        from nsl import NeuronShapley
-
-        trainer = Trainer(max_epochs=10, callbacks=[NeuronShapley(games=["accuracy", "class"], top_k=10)])
+        >>> import lightning as L
+        >>> from nsl import NeuronShapley
+        >>> from nsl.data import DigitsDataModule
+        >>> from nsl.models import Classifier, SmallCNN
+        >>> shapley = NeuronShapley(games=["accuracy", "class"], top_k=3, eval_size=32, max_evals=60,
+        ...                         removal_curve=False, verbose=False)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, callbacks=[shapley], logger=False,
+        ...                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(Classifier(SmallCNN(channels=(4, 6, 8))), DigitsDataModule())
+        >>> sorted(shapley.results), len(shapley.results["accuracy"].top_k)
+        (['accuracy', 'class'], 3)
     """
 
     def __init__(
@@ -107,39 +121,11 @@ class NeuronShapley(Callback):
         curve_steps: int | None = None,
         chunk_size: int | None = None,
         save_dir: str | Path | None = None,
-        repair: Mapping[str, Any] | None = None,
         interactions: int = 0,
         verbose: bool = True,
     ) -> None:
         super().__init__()
         self.specs: list[GameSpec] = parse_games(games)
-        if ablation not in ABLATIONS:
-            raise ValueError(f"ablation={ablation!r} is not supported; use one of {ABLATIONS}.")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator={estimator!r} is not supported; use one of {ESTIMATORS}.")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k={top_k!r} is not accepted; use a positive int.")
-        _check_optional_positive("every_n_epochs", every_n_epochs)
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, (int, float)) or start_epoch < 0:
-            raise ValueError(f"start_epoch={start_epoch!r} is not accepted; use an int ≥ 0 or a fraction in [0, 1).")
-        if isinstance(start_epoch, float) and start_epoch >= 1:
-            raise ValueError(f"start_epoch={start_epoch!r}: a float is a fraction of max_epochs in [0, 1).")
-        _check_optional_positive("eval_size", eval_size)
-        _check_optional_positive("max_evals", max_evals)
-        _check_optional_positive("max_seconds", max_seconds, float)
-        _check_optional_positive("curve_steps", curve_steps)
-        _check_optional_positive("chunk_size", chunk_size)
-        if every_n_epochs is None and not at_fit_end:
-            raise ValueError("every_n_epochs=None and at_fit_end=False: the callback would never run.")
-        for spec in self.specs:
-            if spec.top_k is not None:
-                _check_optional_positive(f"{spec.name}.top_k", spec.top_k)
-        if isinstance(interactions, bool) or not isinstance(interactions, int) or not 0 <= interactions <= 12:
-            raise ValueError(f"interactions={interactions!r} is not accepted; use an int in [0, 12] (0: off).")
-        if repair is not None:
-            from nsl.callback.repair import check_repair
-
-            repair = check_repair(repair, [s.name for s in self.specs])
         self.layers = layers
         self.ablation = ablation
         self.estimator = estimator
@@ -148,7 +134,6 @@ class NeuronShapley(Callback):
         self.start_epoch = start_epoch
         self.at_fit_end = at_fit_end
         self.eval_size = eval_size
-        self.data = eval_data.from_tensors(data, eval_size) if data is not None else None
         self.max_evals = max_evals
         self.max_seconds = max_seconds
         self.seed = seed
@@ -157,26 +142,57 @@ class NeuronShapley(Callback):
         self.removal_curve = removal_curve
         self.curve_steps = curve_steps
         self.chunk_size = chunk_size
-        self.save_dir = Path(save_dir) if save_dir is not None else None
-        self.repair = repair
         self.interactions = interactions
         self.verbose = verbose
+        self._validate_init()
+        self.data = eval_data.from_tensors(data, eval_size) if data is not None else None
+        self.save_dir = Path(save_dir) if save_dir is not None else None
         self.results: dict[str, ShapleyResult] = {}
         self.history: dict[str, list[dict[str, Any]]] = {s.name: [] for s in self.specs}
         self.curves: dict[str, dict[str, list]] = {}
         self.interaction_matrices: dict[str, Any] = {}
-        self.repair_report: list[dict[str, Any]] | None = None
         self.runs = 0
         self._last_epoch = -1
         self._eval: EvalData | None = None
 
+    def _validate_init(self) -> None:
+        """Every constructor argument, checked before any training starts (like ModelCheckpoint's)."""
+        check_choice("ablation", self.ablation, ABLATIONS)
+        check_choice("estimator", self.estimator, ESTIMATORS)
+        check_int("top_k", self.top_k, low=1)
+        check_int("every_n_epochs", self.every_n_epochs, low=1, optional=True)
+        if isinstance(self.start_epoch, float):
+            check_number("start_epoch", self.start_epoch, low=0, high=1, high_open=True)
+        else:
+            check_int("start_epoch", self.start_epoch, low=0)
+        check_bool("at_fit_end", self.at_fit_end)
+        for name in ("eval_size", "max_evals", "curve_steps", "chunk_size"):
+            check_int(name, getattr(self, name), low=1, optional=True)
+        check_number("max_seconds", self.max_seconds, positive=True, optional=True)
+        check_int("seed", self.seed)
+        check_int("interactions", self.interactions, low=0, high=MAX_INTERACTIONS)
+        if self.every_n_epochs is None and not self.at_fit_end:
+            raise ValueError("every_n_epochs=None and at_fit_end=False: the callback would never run.")
+        clash = sorted(set(self.estimator_kwargs) & set(COMMON_ESTIMATOR_ARGS))
+        if clash:
+            raise ValueError(f"estimator_kwargs sets {clash}; set them as the callback's own arguments instead.")
+        fn = ESTIMATORS[self.estimator]
+        unknown = sorted(set(self.estimator_kwargs) - set(_accepted(fn, dict.fromkeys(self.estimator_kwargs))))
+        if unknown:
+            accepted = sorted(set(inspect.signature(fn).parameters) - {"game", *COMMON_ESTIMATOR_ARGS})
+            raise ValueError(
+                f"estimator_kwargs {unknown} are not options of estimator {self.estimator!r}; it accepts {accepted}."
+            )
+
     # ----------------------------------------------------------------------------------------- state
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(
             games=[s.name for s in self.specs], layers=self.layers, estimator=self.estimator
         )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         """Results (with estimator statistics), histories and the schedule: tensors and plain Python only."""
         return {
@@ -186,6 +202,7 @@ class NeuronShapley(Callback):
             "last_epoch": self._last_epoch,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.results = {name: ShapleyResult.from_dict(d) for name, d in state_dict["results"].items()}
         self.history = {s.name: list(state_dict["history"].get(s.name, [])) for s in self.specs}
@@ -193,24 +210,25 @@ class NeuronShapley(Callback):
         self._last_epoch = int(state_dict["last_epoch"])
 
     # ----------------------------------------------------------------------------------------- hooks
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Fail before training starts on layer patterns that match nothing (and similar bad configs).
         if stage == TrainerFn.FITTING:
             FilterPlayers(pl_module, self.layers, self.ablation)
 
+    @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._due(trainer):
             self._last_epoch = trainer.current_epoch
             self.run(trainer, pl_module, stage="epoch")
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # At train end, not fit end: the model is still on its device, and every callback's on_fit_end (such as
+        # a ShapleyRepair's) sees this final analysis whatever the order of the callbacks.
         if not self.at_fit_end or trainer.fast_dev_run or trainer.interrupted:
             return
         self.run(trainer, pl_module, stage="fit_end")
-        if self.repair is not None:
-            from nsl.callback.repair import run_repair
-
-            self.repair_report = run_repair(self, trainer, pl_module)
 
     def _start(self, trainer: L.Trainer) -> int:
         if isinstance(self.start_epoch, float):
@@ -230,6 +248,13 @@ class NeuronShapley(Callback):
         return epoch >= start and (epoch - start) % self.every_n_epochs == 0
 
     # ----------------------------------------------------------------------------------------- analysis
+    def spec(self, name: str) -> GameSpec:
+        """The spec of the game whose results are stored under ``name``."""
+        for spec in self.specs:
+            if spec.name == name:
+                return spec
+        raise ValueError(f"game {name!r} is not one of this callback's games {[s.name for s in self.specs]}.")
+
     def evaluation_data(self, trainer: L.Trainer) -> EvalData:
         """The fixed evaluation set: ``data`` if given, else the first ``eval_size`` validation examples.
 
@@ -254,8 +279,19 @@ class NeuronShapley(Callback):
             self._eval = data
         return self._eval
 
-    def run(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str = "manual") -> dict[str, ShapleyResult]:
-        """Play every game once now; returns and stores each game's result (all ranks compute, rank 0 logs)."""
+    def run(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        stage: str = "manual",
+        games: Sequence[str] | None = None,
+    ) -> dict[str, ShapleyResult]:
+        """Play every game (or the named ``games``) once now; returns and stores each game's result.
+
+        Every rank computes (call it on all ranks at once), rank 0 logs and writes the files.
+        """
+        wanted = [self.spec(name).name for name in games] if games is not None else None
+        interrupted = False
         # The estimators' progress bars show where the Trainer shows its own, on rank zero.
         progress = self.verbose and trainer.is_global_zero and trainer.progress_bar_callback is not None
         with eval_data.preserved_rng():
@@ -263,85 +299,95 @@ class NeuronShapley(Callback):
             players = FilterPlayers(pl_module, self.layers, self.ablation)
             step = trainer.global_step
             collective = LightningCollective(trainer.strategy) if trainer.world_size > 1 else None
+            share = None if collective is None else (lambda obj: trainer.strategy.broadcast(obj, src=0))
             for g, spec in enumerate(self.specs):
-                result, curve = self._play(spec, g, pl_module, players, data, progress, collective)
+                if wanted is not None and spec.name not in wanted:
+                    continue
+                options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
+                game = spec.build(pl_module, players, data, seed=self.seed + g, share=share, **options)
+                seed = self.seed + 1009 * self.runs + 101 * g
+                top_k = min(spec.top_k or self.top_k, len(players) - 1)
+                result = self._estimate(spec, game, players, top_k, seed, progress, collective)
+                curve = self._analyse(spec, game, players, result, top_k, seed)
                 self.results[spec.name] = result
-                entry = {
-                    "epoch": int(trainer.current_epoch),
-                    "step": int(step),
-                    "stage": stage,
-                    "top_k": result.top_k.tolist(),
-                    "culprits": result.culprits(negative=spec.negative_culprits).tolist(),
-                    "n_evals": int(result.n_evals),
-                    "local_evals": int(result.local_evals if result.local_evals is not None else result.n_evals),
-                    "converged": bool(result.converged),
-                    "full_value": result.full_value,
-                }
-                self.history[spec.name].append(entry)
+                self.history[spec.name].append(self._history_entry(trainer, spec, result, stage, step))
                 if curve is not None:
                     self.curves[spec.name] = curve.to_dict()
                 if trainer.is_global_zero:
                     self._report(trainer, spec, result, curve, step)
                 if result.interrupted:  # Ctrl-C: the partial result is kept and saved; let Lightning stop
+                    interrupted = True
                     break
             self.runs += 1
-        if result.interrupted:
+        if interrupted:
             raise KeyboardInterrupt
         return self.results
 
-    def _play(
+    def _estimate(
         self,
         spec: GameSpec,
-        g: int,
-        pl_module: L.LightningModule,
+        game: ModelGame,
         players: FilterPlayers,
-        data: EvalData,
+        top_k: int,
+        seed: int,
         progress: bool,
-        collective: LightningCollective | None = None,
-    ) -> tuple[ShapleyResult, Any]:
-        seed = self.seed + 1009 * self.runs + 101 * g
-        options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
-        if spec.kind == "adversarial":
-            options["seed"] = self.seed + g
-        share = None if collective is None else (lambda obj: collective.strategy.broadcast(obj, src=0))
-        game = spec.build(pl_module, players, data, share=share, **options)
-        top_k = min(spec.top_k or self.top_k, len(players) - 1)
-        budget = {"max_seconds": spec.max_seconds or self.max_seconds}
-        max_evals = spec.max_evals or self.max_evals
-        if max_evals is not None:  # else the estimator's own default budget
-            budget["max_evals"] = max_evals
+        collective: LightningCollective | None,
+    ) -> ShapleyResult:
+        """One estimator run on ``game``, with the callback's budget, seed and the game's own tail."""
         previous = self.results.get(spec.name) if self.accumulate else None
         if previous is not None and (previous.stats is None or previous.n_players != len(players)):
             previous = None
-        if self.estimator == "tmab":
-            # Games whose culprits are negative need their bottom-k resolved too, not only their top-k.
-            kwargs = {"tail": "both" if spec.negative_culprits else "top", **self.estimator_kwargs}
-            result = tmab(
-                game, top_k, seed=seed, resume=previous, names=players.names, progress=progress,
-                collective=collective, **budget, **kwargs,
-            )
-        else:
-            kwargs = {"n_permutations": 100, **self.estimator_kwargs}
-            result = monte_carlo(
-                game, seed=seed, resume=previous, names=players.names, progress=progress,
-                collective=collective, **budget, **kwargs,
-            )
-            result.k = top_k
-        curve = None
-        if self.removal_curve and not result.interrupted:
-            steps = self.curve_steps or 3 * top_k
-            ranking = result.culprits(len(players), negative=False)
-            curve = removal_curve(game, ranking, max_removed=steps, n_random=3, seed=seed)
-        if self.interactions >= 2 and not result.interrupted:
-            from nsl.interactions import SubGame, pairwise_interactions
+        common: dict[str, Any] = {
+            "top_k": top_k,
+            "tail": spec.tail,
+            "seed": seed,
+            "names": players.names,
+            "max_seconds": spec.max_seconds or self.max_seconds,
+            "resume": previous,
+            "progress": progress,
+            "collective": collective,
+        }
+        max_evals = spec.max_evals or self.max_evals
+        if max_evals is not None:  # else the estimator's own default budget
+            common["max_evals"] = max_evals
+        estimator = ESTIMATORS[self.estimator]
+        return estimator(game, **_accepted(estimator, common), **self.estimator_kwargs)
 
+    def _analyse(
+        self, spec: GameSpec, game: ModelGame, players: FilterPlayers, result: ShapleyResult, top_k: int, seed: int
+    ) -> Any:
+        """The removal curve (returned) and the interaction heatmap (stored) of a finished run."""
+        if result.interrupted:
+            return None
+        curve = None
+        if self.removal_curve:
+            ranking = result.culprits(len(players), negative=False)
+            curve = removal_curve(game, ranking, max_removed=self.curve_steps or 3 * top_k, n_random=3, seed=seed)
+        if self.interactions >= 2:
             top = result.top_k[: self.interactions].tolist()
             sub = SubGame(game, top, others="present", names=[players.names[i] for i in top])
             self.interaction_matrices[spec.name] = pairwise_interactions(sub, method="exact")
-        return result, curve
+        return curve
+
+    @staticmethod
+    def _history_entry(
+        trainer: L.Trainer, spec: GameSpec, result: ShapleyResult, stage: str, step: int
+    ) -> dict[str, Any]:
+        return {
+            "epoch": int(trainer.current_epoch),
+            "step": int(step),
+            "stage": stage,
+            "top_k": result.top_k.tolist(),
+            "culprits": result.culprits(negative=spec.negative_culprits).tolist(),
+            "n_evals": int(result.n_evals),
+            "local_evals": int(result.local_evals if result.local_evals is not None else result.n_evals),
+            "converged": bool(result.converged),
+            "full_value": result.full_value,
+        }
 
     # ----------------------------------------------------------------------------------------- output
     def output_dir(self, trainer: L.Trainer) -> Path:
+        """Where result files go: ``save_dir``, else ``<trainer.default_root_dir>/neuron_shapley``."""
         return self.save_dir or Path(trainer.default_root_dir) / "neuron_shapley"
 
     def _report(self, trainer: L.Trainer, spec: GameSpec, result: ShapleyResult, curve: Any, step: int) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from nsl.games.base import ModelGame
-from nsl.players import FilterPlayers
+from nsl.games.base import EvalData, ModelGame
+from nsl.games.registry import GAMES
+from nsl.players import FilterPlayers, preserve_mode
+from nsl.validation import check_choice
 
 METRICS = ("accuracy", "macro_accuracy", "neg_cross_entropy")
 Metric = str | Callable[[Tensor, Tensor], Tensor]
@@ -36,10 +39,22 @@ def coalition_metric(logits: Tensor, targets: Tensor, metric: Metric, num_classe
 
 
 def _check_metric(metric: Metric) -> None:
-    if not callable(metric) and metric not in METRICS:
-        raise ValueError(f"metric={metric!r} is not supported; use one of {METRICS} or a callable.")
+    if not callable(metric):
+        check_choice("metric", metric, METRICS)
 
 
+@torch.no_grad()
+def worst_class(model: nn.Module, inputs: Tensor, targets: Tensor) -> int:
+    """The class the model gets most wrong on this data (the class game's default)."""
+    with preserve_mode(model), torch.inference_mode():
+        model.eval()
+        preds = model(inputs).argmax(dim=-1)
+    classes = torch.unique(targets)
+    recall = torch.stack([(preds[targets == c] == c).float().mean() for c in classes])
+    return int(classes[int(recall.argmin())])
+
+
+@GAMES.register("accuracy")
 class AccuracyGame(ModelGame):
     """Value of a coalition = the model's accuracy (or another metric) on the evaluation data.
 
@@ -72,12 +87,37 @@ class AccuracyGame(ModelGame):
         return coalition_metric(logits, self.targets, self.metric, self.num_classes)
 
 
+@GAMES.register("class")
 class ClassGame(AccuracyGame):
     """Value of a coalition = accuracy on the evaluation images of one class (its recall).
 
     Only the images whose label is ``class_index`` are kept, so each evaluation costs a forward pass of
-    that class's images alone.
+    that class's images alone. Played from data without a ``class_index``, it picks the class the model gets
+    most wrong (rank 0's choice under DDP).
     """
+
+    @classmethod
+    def default_name(cls, kind: str, options: dict[str, Any]) -> str:
+        index = options.get("class_index")
+        return kind if index is None else f"{kind}_{index}"
+
+    @classmethod
+    def from_data(
+        cls,
+        model: nn.Module,
+        players: FilterPlayers,
+        data: EvalData,
+        *,
+        seed: int = 0,
+        share: Callable[[Any], Any] | None = None,
+        **options: Any,
+    ) -> ClassGame:
+        class_index = options.pop("class_index", None)
+        if class_index is None:
+            class_index = worst_class(model, data.inputs, data.targets)
+            if share is not None:
+                class_index = share(class_index)
+        return cls(model, players, data.inputs, data.targets, int(class_index), **options)
 
     def __init__(
         self,

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from nsl.games.attacks import ATTACKS, linf_attack
-from nsl.games.base import ModelGame
+from nsl.games.base import EvalData, ModelGame
+from nsl.games.registry import GAMES
 from nsl.players import FilterPlayers
+from nsl.validation import check_choice, check_number
 
 
+@GAMES.register("adversarial")
 class AdversarialGame(ModelGame):
     """Value of a coalition = success rate of an L∞ attack whose examples were made once on the full model.
 
@@ -30,7 +36,30 @@ class AdversarialGame(ModelGame):
         bounds: valid input range for clamping; ``None`` uses the evaluation data's own min and max.
         seed: seeds the PGD start points and random targets (the global RNG is never touched).
         **kwargs: ``chunk_size``, ``max_rows``, ``device``.
+
+    Its value is harm, so the culprits are the highest values (the top tail) and a repair removes them by
+    default. Under DDP every rank attacks with rank 0's adversarial examples.
     """
+
+    negative_culprits = False
+    default_tail = "top"
+    measures_defect = True
+
+    @classmethod
+    def from_data(
+        cls,
+        model: nn.Module,
+        players: FilterPlayers,
+        data: EvalData,
+        *,
+        seed: int = 0,
+        share: Callable[[Any], Any] | None = None,
+        **options: Any,
+    ) -> AdversarialGame:
+        game = cls(model, players, data.inputs, data.targets, **{"seed": seed, **options})
+        if share is not None:  # the attack's floating point differs between ranks; rank 0's examples rule
+            game.inputs = share(game.inputs.cpu()).to(game.device)
+        return game
 
     def __init__(
         self,
@@ -49,10 +78,8 @@ class AdversarialGame(ModelGame):
         seed: int = 0,
         **kwargs,
     ) -> None:
-        if attack not in ATTACKS:
-            raise ValueError(f"attack={attack!r} is not supported; use one of {ATTACKS}.")
-        if not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps={eps!r} must be a positive number.")
+        check_choice("attack", attack, ATTACKS)
+        check_number("eps", eps, positive=True)
         super().__init__(model, players, inputs, targets, **kwargs)
         if target_class is not None and not 0 <= target_class < self.num_classes:
             raise ValueError(f"target_class={target_class} is out of range for {self.num_classes} classes.")

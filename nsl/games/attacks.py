@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsl.players import _preserve_mode
+from nsl.players import preserve_mode
 
 ATTACKS = ("pgd", "fgsm")
 
@@ -51,7 +51,7 @@ def linf_attack(
         raise ValueError(f"steps={steps!r} must be a positive int.")
     step = eps if attack == "fgsm" else (step_size if step_size is not None else 2.5 * eps / steps)
     out = []
-    with _preserve_mode(model), torch.inference_mode(False), torch.enable_grad():
+    with preserve_mode(model), torch.inference_mode(False), torch.enable_grad():
         model.eval()
         for start in range(0, len(inputs), batch_size):
             x0 = inputs[start : start + batch_size].detach().clone()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from nsl.players import FilterPlayers, _preserve_mode
+from nsl.players import FilterPlayers, preserve_mode
+from nsl.validation import check_int
 
 MAX_INPUT_VALUES = 1 << 22  # bound on K·B·(values per input) per pass: ~7 coalitions of 2 Inception images
 
@@ -37,6 +39,26 @@ def check_game(game: object) -> int:
     return n
 
 
+@dataclass(frozen=True)
+class EvalData:
+    """A fixed evaluation set: inputs, integer targets and, for games that need them, a group per example."""
+
+    inputs: Tensor
+    targets: Tensor
+    groups: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def to(self, device: torch.device | str) -> EvalData:
+        groups = None if self.groups is None else self.groups.to(device)
+        return EvalData(self.inputs.to(device), self.targets.to(device), groups)
+
+    def has(self, fields: Iterable[str]) -> bool:
+        """Whether every named optional field (e.g. ``"groups"``) is present."""
+        return all(getattr(self, name) is not None for name in fields)
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a model with neither)."""
     for p in model.parameters():
@@ -52,6 +74,12 @@ class ModelGame:
     Subclasses implement :meth:`score`, a pure function from logits of K coalitions (K, B, C) to K values.
     This class holds the evaluation data on the model's device, checks the inputs at the door, tiles the
     evaluation batch so that ``chunk_size`` coalitions run in one forward pass, and counts evaluations.
+
+    A subclass declares what the callback needs to know about it as class attributes (see the registry,
+    :data:`nsl.games.GAMES`): which end of the ranking holds its culprits, which tail an estimator should
+    resolve, which optional evaluation data it needs, and whether it measures a defect a repair removes.
+    :meth:`from_data` builds it from an :class:`EvalData`; override it when the game chooses something from
+    the data (a class, attack examples) that every DDP rank must share.
 
     Args:
         model: the trained network (left exactly as it was after every call).
@@ -69,6 +97,46 @@ class ModelGame:
             weights change). Checked once per layer against plain tiled evaluation and switched off for layers
             where it does not hold (a skip connection around them); ``False`` always tiles.
     """
+
+    #: Culprits are the most negative values (True: the value is good, e.g. accuracy; removing a filter with a
+    #: negative value raises it) or the most positive ones (False: the value is harm, e.g. attack success).
+    negative_culprits: ClassVar[bool] = True
+    #: The tail an estimator resolves by default: "top", "bottom" or "both" (top-k and the culprits).
+    default_tail: ClassVar[str] = "both"
+    #: Optional fields of :class:`EvalData` the game needs, with what they hold (e.g. ``{"groups": ...}``);
+    #: :meth:`from_data` passes them to the constructor after the targets, in this order.
+    required_data: ClassVar[Mapping[str, str]] = {}
+    #: The game measures a defect (unfairness, adversarial weakness) whose culprits a repair removes by default,
+    #: rather than plain performance.
+    measures_defect: ClassVar[bool] = False
+
+    @classmethod
+    def default_name(cls, kind: str, options: dict[str, Any]) -> str:
+        """The result name of a game played under registry name ``kind`` with these options."""
+        return kind
+
+    @classmethod
+    def from_data(
+        cls,
+        model: nn.Module,
+        players: FilterPlayers,
+        data: EvalData,
+        *,
+        seed: int = 0,
+        share: Callable[[Any], Any] | None = None,
+        **options: Any,
+    ) -> ModelGame:
+        """The game on ``data``. ``seed`` seeds any randomness of the game; ``share`` (under DDP: broadcast from
+        rank 0) makes every rank play the same game when the game chooses something from the data."""
+        for name, what in cls.required_data.items():
+            if getattr(data, name) is None:
+                raise ValueError(
+                    f"{cls.__name__} needs {name} ({what}) in its evaluation data: give evaluation batches as "
+                    f"(inputs, targets, {name}), or a datamodule with a `val_{name}` tensor, or "
+                    f"data=(x, y, {name})."
+                )
+        extra = [getattr(data, name) for name in cls.required_data]
+        return cls(model, players, data.inputs, data.targets, *extra, **options)
 
     def __init__(
         self,
@@ -94,10 +162,8 @@ class ModelGame:
             raise ValueError(f"targets must be a tensor of shape ({len(inputs)},), got {shape}.")
         if targets.dtype.is_floating_point or targets.dtype == torch.bool:
             raise TypeError(f"targets must hold integer class labels, got dtype {targets.dtype}.")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size={chunk_size!r} must be a positive int or None.")
-        if not isinstance(max_rows, int) or max_rows < 1:
-            raise ValueError(f"max_rows={max_rows!r} must be a positive int.")
+        check_int("chunk_size", chunk_size, low=1, optional=True)
+        check_int("max_rows", max_rows, low=1)
         self.model = model
         self.players = players
         self.n_players = len(players)
@@ -140,7 +206,7 @@ class ModelGame:
     @contextlib.contextmanager
     def _evaluation(self) -> Iterator[None]:
         """Eval mode, no autograd; every module's mode is restored afterwards."""
-        with _preserve_mode(self.model), torch.inference_mode():
+        with preserve_mode(self.model), torch.inference_mode():
             self.model.eval()
             yield
 

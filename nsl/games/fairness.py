@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 from torchmetrics.functional.classification import demographic_parity, equal_opportunity, multiclass_accuracy
 
 from nsl.games.base import ModelGame
+from nsl.games.registry import GAMES
 from nsl.players import FilterPlayers
+from nsl.validation import check_choice
 
 FAIRNESS_METRICS = ("worst_group_accuracy", "accuracy_gap", "demographic_parity", "equal_opportunity")
 
 
+@GAMES.register("fairness")
 class FairnessGame(ModelGame):
     """Value of a coalition = how fair the model is across the groups of a sensitive attribute.
 
     Every metric is oriented so that higher is fairer, hence the filters with the most negative Shapley
-    values are the culprits of unfairness.
+    values are the culprits of unfairness (and what a repair removes by default).
 
     Args:
         model, players, inputs, targets: as in :class:`~nsl.games.AccuracyGame`.
@@ -30,6 +36,9 @@ class FairnessGame(ModelGame):
         **kwargs: ``chunk_size``, ``max_rows``, ``device``.
     """
 
+    required_data: ClassVar[Mapping[str, str]] = {"groups": "a sensitive attribute per example"}
+    measures_defect = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -42,8 +51,7 @@ class FairnessGame(ModelGame):
         positive_class: int = 1,
         **kwargs,
     ) -> None:
-        if metric not in FAIRNESS_METRICS:
-            raise ValueError(f"metric={metric!r} is not a fairness metric; use one of {FAIRNESS_METRICS}.")
+        check_choice("metric", metric, FAIRNESS_METRICS)
         if not isinstance(groups, Tensor) or groups.shape != (len(inputs),):
             shape = tuple(groups.shape) if isinstance(groups, Tensor) else type(groups).__name__
             raise ValueError(f"groups must be a tensor of shape ({len(inputs)},), got {shape}.")

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.hooks import RemovableHandle
 
-from nsl.players import FilterPlayers, PlayerLayer, _preserve_mode
-from nsl.shapley.result import ShapleyResult
+from nsl.players import FilterPlayers, PlayerLayer, preserve_mode
+from nsl.shapley import ShapleyResult
+from nsl.validation import check_bool, check_choice, check_int
 
 GUIDED_MODES = ("spread", "culprits")
 
@@ -126,12 +127,9 @@ class FilterDropout(Callback):
         if layers is not None and not isinstance(layers, str):
             layers = list(layers)
         self.layers = layers
-        if not isinstance(per_sample, bool):
-            raise ValueError(f"per_sample={per_sample!r} must be True or False.")
-        if not isinstance(rescale, bool):
-            raise ValueError(f"rescale={rescale!r} must be True or False.")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"seed={seed!r} must be an integer.")
+        check_bool("per_sample", per_sample)
+        check_bool("rescale", rescale)
+        check_int("seed", seed)
         self.per_sample = per_sample
         self.rescale = rescale
         self.seed = int(seed)
@@ -256,16 +254,14 @@ def guided_probabilities(
     p = check_probability(p)
     if isinstance(p, Tensor):
         raise ValueError("p must be a single probability here; the function returns the per-filter tensor.")
-    if mode not in GUIDED_MODES:
-        raise ValueError(f"mode={mode!r} is not supported; use one of {GUIDED_MODES}.")
+    check_choice("mode", mode, GUIDED_MODES)
     values = result.values.detach().to("cpu", torch.float64)
     n = len(values)
     if not bool(torch.isfinite(values).all()):
         raise ValueError("result.values holds NaN or infinite values; cannot derive drop probabilities.")
     if mode == "culprits":
         k = result.k if k is None else k
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n:
-            raise ValueError(f"k={k!r} must be an integer in [1, {n}] (number of culprits to drop).")
+        check_int("k", k, low=1, high=n)
         probs = torch.zeros(n, dtype=torch.float64)
         probs[result.culprits(int(k), negative=negative)] = p
         return probs.float()
@@ -312,12 +308,13 @@ def finetune_with_dropout(
     """Fine-tune ``module`` for a few epochs with :class:`FilterDropout` on a new, quiet Trainer.
 
     The module trains in train mode; afterwards every submodule's train/eval mode and the module's link to
-    its trainer are restored, so this is safe to call from another Trainer's hooks (e.g. ``on_fit_end`` after
-    a Shapley analysis). Validation runs only when ``val_dataloaders`` are given. Extra keyword arguments go
-    to the ``Trainer``. Returns the fine-tuning Trainer (its ``callback_metrics``, its callbacks).
+    the Trainer it was attached to (through the public ``LightningModule.trainer`` property) are restored,
+    so the module can go back to another Trainer afterwards. Inside a fit, prefer
+    :class:`~nsl.callback.ShapleyRepair`, which fine-tunes as part of that fit. Validation runs only when
+    ``val_dataloaders`` are given. Extra keyword arguments go to the ``Trainer``. Returns the fine-tuning
+    Trainer (its ``callback_metrics``, its callbacks).
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
-        raise ValueError(f"epochs={epochs!r} must be a positive integer.")
+    check_int("epochs", epochs, low=1)
     dropout = FilterDropout(
         probabilities_or_p, layers=layers, per_sample=per_sample, rescale=rescale, seed=seed
     )
@@ -334,8 +331,11 @@ def finetune_with_dropout(
         options["limit_val_batches"] = 0
     options.update(trainer_kwargs)
     trainer = L.Trainer(callbacks=[dropout, *callbacks], **options)
-    outer = module._trainer  # the Trainer whose hook may be calling us
-    with _preserve_mode(module), torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+    try:
+        outer = module.trainer  # the Trainer the module belongs to, if any
+    except RuntimeError:  # not attached to one
+        outer = None
+    with preserve_mode(module), torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
         if val_dataloaders is None:  # skipping validation is the point here, not a mistake to warn about
             warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
         module.train()

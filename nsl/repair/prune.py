@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from nsl.players import _BATCHNORMS, FilterPlayers, PlayerLayer, _preserve_mode
+from nsl.players import BATCHNORMS, FilterPlayers, PlayerLayer, preserve_mode
 
 IndexLike = Tensor | Sequence[int] | Iterable[int] | int
 
@@ -97,7 +97,7 @@ def check_players(model: nn.Module, players: FilterPlayers) -> dict[str, nn.Modu
                 width = module.out_channels
             elif isinstance(module, nn.Linear):
                 width = module.out_features
-            elif isinstance(module, _BATCHNORMS):
+            elif isinstance(module, BATCHNORMS):
                 width = module.num_features
             if width != layer.size:
                 raise ValueError(
@@ -368,7 +368,7 @@ def _prune_physically(
         )
         return graph.get_pruning_group(module, handler, idxs=rows.tolist())
 
-    with _preserve_mode(model), torch.inference_mode(False), torch.enable_grad():
+    with preserve_mode(model), torch.inference_mode(False), torch.enable_grad():
         if isinstance(example_inputs, Tensor) and example_inputs.is_inference():
             example_inputs = example_inputs.clone()  # inference tensors cannot be traced by autograd
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
