@@ -130,11 +130,23 @@ class FilterPlayers:
 
     Example::
 
-        players = FilterPlayers(model, layers="features.*")
-        present = torch.ones(3, len(players), dtype=torch.bool)
-        present[1, 0] = False  # coalition 1 lacks filter 0
-        with players.mask(present):
-            logits = model(x.repeat(3, 1, 1, 1))  # row block k sees coalition k
+        >>> import torch
+        >>> from nsl import FilterPlayers
+        >>> from nsl.models import SmallCNN
+        >>> model = SmallCNN(channels=(2, 3, 4)).eval()
+        >>> players = FilterPlayers(model, layers="features.*")
+        >>> len(players), players.names[:3]
+        (9, ['features.0:0', 'features.0:1', 'features.3:0'])
+        >>> x = torch.rand(5, 1, 8, 8)
+        >>> present = torch.ones(3, len(players), dtype=torch.bool)
+        >>> present[1, 0] = False  # coalition 1 lacks filter 0
+        >>> with torch.no_grad(), players.mask(present):
+        ...     logits = model(x.repeat(3, 1, 1, 1))  # row block k sees coalition k
+        >>> logits.shape
+        torch.Size([15, 10])
+        >>> with torch.no_grad():
+        ...     torch.allclose(logits[:5], model(x), atol=1e-6)  # coalition 0 has every filter on
+        True
     """
 
     def __init__(

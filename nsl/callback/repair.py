@@ -70,10 +70,9 @@ class ShapleyRepair(Callback):
         >>> repair = ShapleyRepair("prune", k=2, only_signed=False, heldout_size=64)
         >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, callbacks=[shapley, repair], logger=False,
         ...                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-        >>> trainer.fit(Classifier(SmallCNN(channels=(4, 6, 8))), DigitsDataModule())  # doctest: +ELLIPSIS
-        <BLANKLINE>
-        Repair: pruned 2 culprits of accuracy: [...]
-        ...
+        >>> trainer.fit(Classifier(SmallCNN(channels=(4, 6, 8))), DigitsDataModule())  # logs the report table
+        >>> repair.description  # doctest: +ELLIPSIS
+        "pruned 2 culprits of accuracy: ['net.features...', 'net.features...']"
         >>> [row["metric"] for row in repair.report]
         ['accuracy']
     """

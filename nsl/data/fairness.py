@@ -97,10 +97,17 @@ class FairDigitsDataModule(SplitDataModule):
 
     Example::
 
-        dm = FairDigitsDataModule()
-        L.Trainer(max_epochs=15).fit(Classifier(SmallCNN()), dm)
-        x, y, g = dm.tensors("val")
-        game = FairnessGame(model, FilterPlayers(model), x, y, g)
+        >>> from nsl import FairnessGame, FilterPlayers
+        >>> from nsl.data import FairDigitsDataModule
+        >>> from nsl.models import SmallCNN
+        >>> dm = FairDigitsDataModule()
+        >>> x, y, g = dm.tensors("val")
+        >>> x.shape, sorted(g.unique().tolist())
+        (torch.Size([300, 1, 8, 8]), [0, 1])
+        >>> model = SmallCNN(channels=(2, 3, 4)).eval()   # trained with L.Trainer().fit(Classifier(...), dm)
+        >>> game = FairnessGame(model, FilterPlayers(model), x, y, g)
+        >>> 0 <= game.full_value() <= 1
+        True
     """
 
     def __init__(

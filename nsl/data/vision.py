@@ -117,8 +117,13 @@ class CIFAR10DataModule(SplitDataModule):
 
     Example::
 
-        dm = CIFAR10DataModule(root="data", download=True)
-        L.Trainer(max_epochs=30).fit(Classifier(resnet18(num_classes=10)), dm)
+        >>> from nsl.data import CIFAR10DataModule
+        >>> dm = CIFAR10DataModule(root="/nowhere", download=False)   # download=True fetches it (network)
+        >>> dm.prepare_data()  # no data there: a clear error before any training
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: CIFAR-10 was not found under root='/nowhere' (looked for ...
+        >>> # With the data on disk: L.Trainer(max_epochs=30).fit(Classifier(resnet18(num_classes=10)), dm)
     """
 
     def __init__(

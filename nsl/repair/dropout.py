@@ -110,8 +110,17 @@ class FilterDropout(Callback):
 
     Example::
 
-        trainer = L.Trainer(max_epochs=5, callbacks=[FilterDropout(p=0.1, layers="net.features.*")])
-        trainer.fit(model, datamodule)
+        >>> import lightning as L
+        >>> from nsl import FilterDropout
+        >>> from nsl.data import DigitsDataModule
+        >>> from nsl.models import Classifier, SmallCNN
+        >>> dropout = FilterDropout(p=0.1, layers="net.features.*")
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, callbacks=[dropout],
+        ...                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        ...                     enable_model_summary=False)
+        >>> trainer.fit(Classifier(SmallCNN(channels=(4, 6, 8))), DigitsDataModule())
+        >>> 0.05 < dropout.dropped_fraction < 0.15, dropout.hooked   # hooks only inside training steps
+        (True, False)
     """
 
     def __init__(

@@ -157,10 +157,18 @@ class PrunedFilters:
 
     Example::
 
-        pruned = prune_filters(model, players, result.culprits(5))
-        with pruned:  # keep the filters off while fine-tuning
-            trainer.fit(model, datamodule)
-        pruned.undo()  # bitwise back to the original rows
+        >>> import torch
+        >>> from nsl import FilterPlayers, prune_filters
+        >>> from nsl.models import SmallCNN
+        >>> model = SmallCNN(channels=(2, 3, 4)).eval()
+        >>> before = {k: v.clone() for k, v in model.state_dict().items()}
+        >>> pruned = prune_filters(model, FilterPlayers(model), [0, 4])  # e.g. result.culprits(2)
+        >>> model.features[1].weight[0].item(), model.features[4].weight[2].item()   # BatchNorm scale zeroed
+        (0.0, 0.0)
+        >>> # with pruned: trainer.fit(model, datamodule)   # keeps the filters off while fine-tuning
+        >>> pruned.undo()  # bitwise back to the original rows
+        >>> all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        True
     """
 
     def __init__(
