@@ -15,11 +15,13 @@ before anything is built, e.g. ``nsl-train --config-dir my_conf experiment=my_st
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -27,6 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from nsl.callback import NeuronShapley
 from nsl.shapley import ShapleyResult
+
+# Trainer settings of a run whose results are measured afterwards rather than logged or checkpointed.
+QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
 
 
 def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
@@ -63,17 +68,43 @@ def _hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(plain, resolve=True)
 
 
+def _data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """Import ``cfg.imports`` (so what they register can be chosen by name), seed, build data and model."""
+    for module in cfg.get("imports") or []:
+        importlib.import_module(module)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return instantiate(cfg.data), instantiate(cfg.model)
+
+
+def compose_config(overrides: Sequence[str] = (), output_dir: str | Path = "outputs") -> DictConfig:
+    """The ``nsl-train`` config composed with ``overrides`` outside a Hydra run (scripts, notebooks).
+
+    ``output_dir`` stands in for the run folder Hydra would make, e.g.
+    ``compose_config(["experiment=digits_cnn", "trainer.max_epochs=3"])``.
+    """
+    with initialize_config_module("nsl.conf", version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+def fit_model(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """Fit the data and model of ``cfg`` with its trainer settings, quietly: no callbacks, loggers, checkpoints
+    or progress bar (for scripts that measure the model afterwards). Returns the model in eval mode and the data.
+
+    Seeded and built exactly as ``nsl-train`` builds them, so a script's model is the app's model.
+    """
+    datamodule, model = _data_and_model(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[], **QUIET)
+    trainer.fit(model, datamodule=datamodule)
+    return model.eval(), datamodule
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate data, model, callbacks, loggers and trainer from ``cfg``; fit, test; return the metrics.
 
     Every component is built before training starts, so a bad config value fails at once. The modules named
     in ``cfg.imports`` are imported first, so what they register can be chosen by name.
     """
-    for module in cfg.get("imports") or []:
-        importlib.import_module(module)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
-    model: L.LightningModule = instantiate(cfg.model)
+    datamodule, model = _data_and_model(cfg)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     logger_cfg = cfg.get("logger")
     if logger_cfg:

@@ -1,33 +1,21 @@
-"""Small training helpers shared by experiments and tests: a quiet Trainer and the default digits model."""
+"""The default digits classifier, trained: kept for the scripts that still import it from here.
+
+It is the ``digits_cnn`` training variant of the ``nsl-train`` configs; new code trains any variant with
+``nsl.train.fit_model(nsl.train.compose_config(["experiment=digits_cnn", ...]))`` (experiment scripts: through
+``experiments.common.train_model``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import lightning as L
-
-from nsl.data import DigitsDataModule
-from nsl.models import Classifier, SmallCNN
-
-
-def quiet_trainer(max_epochs: int, **overrides: Any) -> L.Trainer:
-    """A CPU Trainer without logger, checkpoints, progress bar or model summary (``overrides`` win)."""
-    options: dict[str, Any] = {
-        "max_epochs": max_epochs,
-        "accelerator": "cpu",
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
-    options.update(overrides)
-    return L.Trainer(**options)
+from nsl.models import Classifier
+from nsl.train import compose_config, fit_model
 
 
 def train_digits_model(epochs: int = 15, seed: int = 0, channels: Sequence[int] = (24, 32, 48)) -> Classifier:
-    """The default digits classifier (``SmallCNN``), trained with a real Trainer and returned in eval mode."""
-    L.seed_everything(seed, verbose=False)
-    model = Classifier(SmallCNN(channels))
-    quiet_trainer(epochs).fit(model, DigitsDataModule(seed=seed))
-    return model.eval()
+    """SmallCNN with ``channels`` trained ``epochs`` epochs on the digits split of ``seed``, in eval mode."""
+    overrides = ["experiment=digits_cnn", f"trainer.max_epochs={epochs}", f"seed={seed}", f"data.seed={seed}",
+                 f"model.net.channels=[{','.join(map(str, channels))}]"]
+    model, _ = fit_model(compose_config(overrides))
+    return model

@@ -21,6 +21,12 @@ from nsl.data import DigitsDataModule, load_digits_tensors
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 from nsl.models import Classifier, SmallCNN
+from nsl.train import QUIET
+
+
+def quiet_trainer(max_epochs: int = 1, **overrides) -> L.Trainer:
+    """A real CPU Trainer without logger, checkpoints, progress bar or model summary (``overrides`` win)."""
+    return L.Trainer(**{"max_epochs": max_epochs, "accelerator": "cpu", **QUIET, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -28,15 +34,7 @@ def trained_model() -> Classifier:
     """A digits classifier trained for a few epochs with a real Lightning Trainer (about 2 s)."""
     L.seed_everything(0, verbose=False)
     model = Classifier(SmallCNN(channels=(8, 12, 16)))
-    trainer = L.Trainer(
-        max_epochs=6,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, DigitsDataModule(batch_size=64))
+    quiet_trainer(6).fit(model, DigitsDataModule(batch_size=64))
     return model.eval()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import inspect_wandb
+from conftest import inspect_wandb, quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
@@ -20,18 +20,8 @@ FAST = {"max_evals": 120, "eval_size": 64, "verbose": False, "curve_steps": 5}
 
 
 def make_trainer(tmp_path: Path, callbacks: list, epochs: int = 2, **kwargs) -> L.Trainer:
-    options = {
-        "max_epochs": epochs,
-        "accelerator": "cpu",
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": tmp_path,
-        "limit_train_batches": 8,
-    }
-    options.update(kwargs)
-    return L.Trainer(callbacks=callbacks, **options)
+    return quiet_trainer(epochs, **{"default_root_dir": tmp_path, "limit_train_batches": 8, **kwargs},
+                         callbacks=callbacks)
 
 
 def fit(tmp_path: Path, callbacks: list, epochs: int = 2, datamodule=None, **kwargs) -> Classifier:

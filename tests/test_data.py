@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import quiet_trainer
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from torch import nn
@@ -27,7 +28,6 @@ from nsl.data.vision import CIFAR10_MEAN, CIFAR10_STD
 from nsl.games import FairnessGame
 from nsl.models import Classifier, SmallCNN, resnet18, squeezenet, torchvision_model
 from nsl.players import FilterPlayers
-from nsl.training import quiet_trainer
 
 MINORITY = torch.arange(5)  # default minority_labels: digits 0–4
 

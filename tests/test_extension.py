@@ -17,6 +17,7 @@ from types import ModuleType
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 
 from nsl import ESTIMATORS, GAMES, NeuronShapley, ShapleyRepair, ShapleyResult
 from nsl.data import FairDigitsDataModule
@@ -66,9 +67,7 @@ def test_registered_game_and_estimator_run_through_the_callback(tmp_path: Path, 
             self.value = float(probs.gather(1, data.targets[:, None]).mean())
 
     check = TrueClassProbability()
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        callbacks=[shapley, check, repair])
+    trainer = quiet_trainer(1, limit_train_batches=4, default_root_dir=tmp_path, callbacks=[shapley, check, repair])
     trainer.fit(model, FairDigitsDataModule())
     result = shapley.results["confidence"]
     assert result.method == "leave_one_out" and result.n_evals == 18 + 1  # N + 1 coalitions, no more

@@ -8,7 +8,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from conftest import assert_unchanged, snapshot
+from conftest import assert_unchanged, quiet_trainer, snapshot
 from torch import nn
 
 from nsl import FilterPlayers, ShapleyResult
@@ -29,16 +29,7 @@ RELUS = ("net.features.2", "net.features.5", "net.features.9")  # the modules ri
 
 
 def _trainer(**kwargs) -> L.Trainer:
-    options = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        max_epochs=1,
-    )
-    options.update(kwargs)
-    return L.Trainer(**options)
+    return quiet_trainer(**kwargs)
 
 
 def _masked_output(

@@ -55,6 +55,10 @@ class DigitsDataModule(SplitDataModule):
         self.num_workers = num_workers
         self.num_classes = 10
 
+    def tensors(self, split: str) -> tuple[Tensor, Tensor]:
+        """Images and labels of one split (``"train"``, ``"val"``, ``"test"``), in the loaders' order."""
+        return load_digits_tensors(split, self.val_size, self.test_size, self.seed)
+
     def _dataset(self, split: str) -> TensorDataset:
-        return TensorDataset(*load_digits_tensors(split, self.val_size, self.test_size, self.seed))
+        return TensorDataset(*self.tensors(split))
 
