@@ -69,8 +69,18 @@ class CountingGame:
 
     def value_of(self, present: Tensor) -> float:
         """The recorded value of one coalition (``record=True``); KeyError if it was never evaluated."""
-        key = torch.as_tensor(present).reshape(self.n_players).bool().cpu().numpy().tobytes()
-        return self._records[key]
+        return self._records[self._key(present)]
+
+    def was_evaluated(self, present: Tensor) -> bool:
+        """Whether one coalition was evaluated since recording started (``record=True``)."""
+        return self._key(present) in self._records
+
+    def recorded_values(self) -> list[float]:
+        """The value of every distinct coalition recorded so far (``record=True``), in evaluation order."""
+        return list(self._records.values())
+
+    def _key(self, present: Tensor) -> bytes:
+        return torch.as_tensor(present).reshape(self.n_players).bool().cpu().numpy().tobytes()
 
     def full_and_empty(self) -> tuple[float, float]:
         """v(N) and v(∅), evaluated in one call (two coalitions counted)."""
