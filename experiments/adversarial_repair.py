@@ -15,8 +15,8 @@ Control: k random filters (mean over ``--n-random`` draws). Writes ``adversarial
 The default radius is 32/255, not the paper's 16/255: these 8×8 digits have 17 grey levels, and at 16/255 the
 targeted attack succeeds on only about 5% of images, which leaves no attack to repair.
 
-    python experiments/adversarial_repair.py
-    python experiments/adversarial_repair.py --quick   # smoke setting, seconds
+    python -m experiments.adversarial_repair
+    python -m experiments.adversarial_repair --quick   # smoke setting, seconds
 """
 
 from __future__ import annotations
@@ -26,21 +26,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
-import torch
-from torch import Tensor
 
+from experiments.common import (
+    check_positive,
+    mean_rows,
+    parser,
+    random_orders,
+    removal_rows,
+    report,
+    run_script,
+    save_figure,
+    train_model,
+)
 from nsl import FilterPlayers, tmab
-from nsl.data import load_digits_tensors
 from nsl.games import AccuracyGame, AdversarialGame
-from nsl.models import Classifier
-from nsl.repair import prune_filters
-from nsl.report import markdown, parse_counts, report_experiment
-from nsl.training import train_digits_model
+from nsl.report import markdown, parse_counts
 
 NAME = "adversarial_repair"
 KS = (0, 1, 2, 3, 5, 8, 10)
@@ -48,30 +49,21 @@ METRICS = ("transfer", "adaptive", "clean")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--top-k", type=int, default=10, help="top contributors TMAB separates")
-    parser.add_argument("--max-evals", type=int, default=3000, help="TMAB budget (coalitions evaluated)")
-    parser.add_argument("--eps", type=float, default=32 / 255, help="L-inf radius of the PGD attack")
-    parser.add_argument("--steps", type=int, default=30, help="PGD steps")
-    parser.add_argument("--ks", type=str, default=",".join(map(str, KS)), help="filters removed, comma-separated")
-    parser.add_argument("--n-random", type=int, default=3, help="random removals averaged for the control")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs") / NAME)
-    parser.add_argument("--project", default="nsl-experiments", help="W&B project")
-    parser.add_argument("--group", default=None, help="W&B group")
-    parser.add_argument("--no-wandb", action="store_true", help="write the files only")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke setting (small model, 1 epoch)")
-    args = parser.parse_args(argv)
+    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, 1 epoch)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--top-k", type=int, default=10, help="top contributors TMAB separates")
+    p.add_argument("--max-evals", type=int, default=3000, help="TMAB budget (coalitions evaluated)")
+    p.add_argument("--eps", type=float, default=32 / 255, help="L-inf radius of the PGD attack")
+    p.add_argument("--steps", type=int, default=30, help="PGD steps")
+    p.add_argument("--ks", type=str, default=",".join(map(str, KS)), help="filters removed, comma-separated")
+    p.add_argument("--n-random", type=int, default=3, help="random removals averaged for the control")
+    args = p.parse_args(argv)
     args.channels = (24, 32, 48)
     if args.quick:
         args.epochs, args.max_evals, args.n_random, args.top_k, args.steps = 1, 60, 1, 3, 5
         args.ks, args.channels = "0,1,3", (4, 6, 8)
     args.ks = parse_counts(args.ks)
-    for name in ("epochs", "top_k", "max_evals", "n_random", "steps"):
-        value = getattr(args, name)
-        if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={value} must be a positive integer.")
+    check_positive(args, "epochs", "top_k", "max_evals", "n_random", "steps")
     if not 0 < args.eps <= 1:
         raise ValueError(f"--eps={args.eps} must be an L-inf radius in (0, 1] (inputs lie in [0, 1]).")
     if args.ks[-1] > sum(args.channels):
@@ -79,32 +71,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def removal_metrics(
-    model: Classifier,
-    players: FilterPlayers,
-    order: Tensor,
-    ks: tuple[int, ...],
-    transfer: AdversarialGame,
-    clean: AccuracyGame,
-    attack: dict[str, Any],
-) -> list[dict[str, float]]:
-    """Transfer and adaptive attack success and clean accuracy after zeroing the first k filters of ``order``.
+def attack_metrics(transfer: AdversarialGame, clean: AccuracyGame, attack: dict[str, Any]) -> dict[str, float]:
+    """Transfer and adaptive attack success and clean accuracy of the model as it is now.
 
     ``transfer`` holds examples made against the unrepaired model; the adaptive attack is made afresh against
-    the repaired model with ``attack`` (same options and seed, so the same targets). Pruning is undone after.
+    the model as it is with ``attack`` (same options and seed, so the same targets).
     """
-    rows = []
-    for k in ks:
-        pruned = prune_filters(model, players, order[:k]) if k else None
-        try:
-            adaptive = AdversarialGame(model, players, clean.inputs, clean.targets, **attack)
-            rows.append(
-                {"transfer": transfer.full_value(), "adaptive": adaptive.full_value(), "clean": clean.full_value()}
-            )
-        finally:
-            if pruned is not None:
-                pruned.undo()
-    return rows
+    adaptive = AdversarialGame(clean.model, clean.players, clean.inputs, clean.targets, **attack)
+    return {"transfer": transfer.full_value(), "adaptive": adaptive.full_value(), "clean": clean.full_value()}
 
 
 def plot(ks: tuple[int, ...], curves: dict[str, list[dict[str, float]]], path: Path, title: str) -> None:
@@ -119,18 +93,15 @@ def plot(ks: tuple[int, ...], curves: dict[str, list[dict[str, float]]], path: P
             ax.plot(ks, [r[m] for r in rows], ls, color=colors[m], marker="o", ms=3, label=f"{method}: {labels[m]}")
     ax.set(xlabel="filters removed (k)", ylabel="rate on test images", title=title, ylim=(-0.02, 1.02))
     ax.legend(fontsize=7, handlelength=3.5)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the experiment; returns the per-method metrics for every k and the report paths (for tests)."""
     args = parse(argv)
     start = time.perf_counter()
-    model = train_digits_model(args.epochs, args.seed, args.channels)
-    x_val, y_val = load_digits_tensors("val", seed=args.seed)
-    x_test, y_test = load_digits_tensors("test", seed=args.seed)
+    model, dm = train_model("digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
+    (x_val, y_val), (x_test, y_test) = dm.tensors("val"), dm.tensors("test")
     players = FilterPlayers(model)
     attack = {"attack": "pgd", "eps": args.eps, "steps": args.steps, "targeted": True}
     game = AdversarialGame(model, players, x_val, y_val, seed=args.seed, **attack)
@@ -145,14 +116,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     clean = AccuracyGame(model, players, x_test, y_test)
     k_max = args.ks[-1]
     culprits = result.culprits(k_max)
-    curves = {"tmab": removal_metrics(model, players, culprits, args.ks, transfer, clean, test_attack)}
-    generator = torch.Generator().manual_seed(args.seed + 2)
-    randoms = [
-        removal_metrics(model, players, torch.randperm(len(players), generator=generator), args.ks, transfer, clean,
-                        test_attack)
-        for _ in range(args.n_random)
-    ]
-    curves["random"] = [{m: sum(r[i][m] for r in randoms) / len(randoms) for m in METRICS} for i in range(len(args.ks))]
+
+    def measure() -> dict[str, float]:
+        return attack_metrics(transfer, clean, test_attack)
+
+    curves = {"tmab": removal_rows(model, players, culprits, args.ks, measure)}
+    randoms = random_orders(len(players), args.n_random, args.seed + 2)
+    curves["random"] = mean_rows([removal_rows(model, players, order, args.ks, measure) for order in randoms])
 
     tm, rnd = curves["tmab"], curves["random"]
     order = culprits.tolist()
@@ -196,15 +166,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tmab_evals": float(result.n_evals),
         "seconds": time.perf_counter() - start,
     }
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
-    paths = report_experiment(
-        NAME, args.out, tables=tables, images={"attack_success_vs_k": png}, summary=summary, config=config,
-        header=header, project=args.project, group=args.group, wandb=not args.no_wandb,
-    )
-    print(f"\nwrote {paths['markdown']} and {png} ({time.perf_counter() - start:.0f} s in all)")
+    paths = report(NAME, args, start, tables=tables, images={"attack_success_vs_k": png}, summary=summary,
+                   header=header)
     return {"ks": args.ks, "curves": curves, "result": result, "summary": summary, **paths}
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
-    main()
+    run_script(main)

@@ -8,8 +8,8 @@ worst group's accuracy (what the repair should raise) and overall accuracy (its 
 filters (mean over ``--n-random`` draws) and the k most negative filters by leave-one-out on the same game.
 Writes ``fairness_repair.md`` and ``fairness_repair.png`` to ``--out`` and logs both to one W&B run.
 
-    python experiments/fairness_repair.py
-    python experiments/fairness_repair.py --quick   # smoke setting, seconds
+    python -m experiments.fairness_repair
+    python -m experiments.fairness_repair --quick   # smoke setting, seconds
 """
 
 from __future__ import annotations
@@ -19,99 +19,57 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.classification import multiclass_accuracy
 
-from nsl import FilterPlayers, tmab
+from experiments.common import (
+    check_positive,
+    mean_rows,
+    parser,
+    random_orders,
+    removal_rows,
+    report,
+    run_script,
+    save_figure,
+    train_model,
+)
+from nsl import AccuracyGame, FilterPlayers, tmab
 from nsl.baselines import baseline_result
-from nsl.data import FairDigitsDataModule
 from nsl.games import FairnessGame
-from nsl.models import Classifier, SmallCNN
-from nsl.repair import prune_filters
-from nsl.report import markdown, parse_counts, report_experiment
-from nsl.training import quiet_trainer
+from nsl.report import markdown, parse_counts
 
 NAME = "fairness_repair"
 KS = (0, 1, 2, 3, 5, 8, 10)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--top-k", type=int, default=10, help="culprits TMAB separates (bottom tail)")
-    parser.add_argument("--max-evals", type=int, default=3000, help="TMAB budget (coalitions evaluated)")
-    parser.add_argument("--ks", type=str, default=",".join(map(str, KS)), help="filters removed, comma-separated")
-    parser.add_argument("--n-random", type=int, default=5, help="random removals averaged for the control")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs") / NAME)
-    parser.add_argument("--project", default="nsl-experiments", help="W&B project")
-    parser.add_argument("--group", default=None, help="W&B group")
-    parser.add_argument("--no-wandb", action="store_true", help="write the files only")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke setting (small model, 1 epoch)")
-    args = parser.parse_args(argv)
+    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, 1 epoch)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--top-k", type=int, default=10, help="culprits TMAB separates (bottom tail)")
+    p.add_argument("--max-evals", type=int, default=3000, help="TMAB budget (coalitions evaluated)")
+    p.add_argument("--ks", type=str, default=",".join(map(str, KS)), help="filters removed, comma-separated")
+    p.add_argument("--n-random", type=int, default=5, help="random removals averaged for the control")
+    args = p.parse_args(argv)
     args.channels = (24, 32, 48)
     if args.quick:
         args.epochs, args.max_evals, args.n_random, args.top_k = 1, 60, 2, 3
         args.ks, args.channels = "0,1,3", (4, 6, 8)
     args.ks = parse_counts(args.ks)
-    for name in ("epochs", "top_k", "max_evals", "n_random"):
-        value = getattr(args, name)
-        if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={value} must be a positive integer.")
+    check_positive(args, "epochs", "top_k", "max_evals", "n_random")
     if args.ks[-1] > sum(args.channels):
         raise ValueError(f"--ks asks to remove {args.ks[-1]} filters; the model has only {sum(args.channels)}.")
     return args
 
 
-def train(epochs: int, seed: int, channels: tuple[int, ...], dm: FairDigitsDataModule) -> Classifier:
-    """SmallCNN trained on fair digits with a real (quiet) Lightning Trainer, returned in eval mode."""
-    L.seed_everything(seed, verbose=False)
-    model = Classifier(SmallCNN(channels))
-    quiet_trainer(epochs).fit(model, dm)
-    return model.eval()
-
-
-@torch.inference_mode()
-def group_metrics(model: nn.Module, x: Tensor, y: Tensor, groups: Tensor) -> dict[str, float]:
-    """Accuracy of each group (``group0``, ``group1``), the worst group's accuracy and overall accuracy."""
-    model.eval()
-    preds = model(x).argmax(dim=-1)
-    out = {}
-    for g in torch.unique(groups).tolist():
-        rows = groups == g
-        out[f"group{g}"] = float(multiclass_accuracy(preds[rows], y[rows], num_classes=10, average="micro"))
-    out["worst"] = min(out.values())
-    out["overall"] = float(multiclass_accuracy(preds, y, num_classes=10, average="micro"))
-    return out
-
-
-def removal_metrics(
-    model: nn.Module, players: FilterPlayers, order: Tensor, ks: tuple[int, ...], data: tuple[Tensor, Tensor, Tensor]
-) -> list[dict[str, float]]:
-    """Test metrics after zeroing the first k filters of ``order`` (``prune_filters``, undone after), per k."""
-    rows = []
-    for k in ks:
-        if k == 0:
-            rows.append(group_metrics(model, *data))
-            continue
-        pruned = prune_filters(model, players, order[:k])
-        try:
-            rows.append(group_metrics(model, *data))
-        finally:
-            pruned.undo()
-    return rows
-
-
-def mean_rows(runs: list[list[dict[str, float]]]) -> list[dict[str, float]]:
-    """Entry-wise mean of several ``removal_metrics`` outputs."""
-    return [{key: sum(r[i][key] for r in runs) / len(runs) for key in runs[0][i]} for i in range(len(runs[0]))]
+def group_games(model: nn.Module, players: FilterPlayers, x: Tensor, y: Tensor, groups: Tensor) -> dict[str, Any]:
+    """The test metrics as library games: each group's accuracy, the fairness game (worst group), overall."""
+    games: dict[str, Any] = {
+        f"group{g}": AccuracyGame(model, players, x[groups == g], y[groups == g]) for g in torch.unique(groups).tolist()
+    }
+    games["worst"] = FairnessGame(model, players, x, y, groups, metric="worst_group_accuracy")
+    games["overall"] = AccuracyGame(model, players, x, y)
+    return games
 
 
 def plot(ks: tuple[int, ...], curves: dict[str, list[dict[str, float]]], path: Path, title: str) -> None:
@@ -128,17 +86,14 @@ def plot(ks: tuple[int, ...], curves: dict[str, list[dict[str, float]]], path: P
     left.legend(fontsize=7, handlelength=3.5)
     right.legend(fontsize=7, handlelength=3.5)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the experiment; returns the per-method metrics for every k and the report paths (for tests)."""
     args = parse(argv)
     start = time.perf_counter()
-    dm = FairDigitsDataModule(seed=args.seed)
-    model = train(args.epochs, args.seed, args.channels, dm)
+    model, dm = train_model("fair_digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
     x_val, y_val, g_val = dm.tensors("val")
     test = dm.tensors("test")
     players = FilterPlayers(model)
@@ -151,14 +106,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"tmab(tail='bottom'): {result.n_evals} evaluations, converged={result.converged}, "
           f"{result.seconds:.1f} s; leave-one-out: {loo.n_evals} evaluations")
     k_max = args.ks[-1]
+    games = group_games(model, players, *test)
+
+    def measure() -> dict[str, float]:
+        return {key: g.full_value() for key, g in games.items()}
+
     orders = {"tmab": result.culprits(k_max, negative=True), "leave_one_out": loo.culprits(k_max, negative=True)}
-    curves = {name: removal_metrics(model, players, order, args.ks, test) for name, order in orders.items()}
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    randoms = [
-        removal_metrics(model, players, torch.randperm(len(players), generator=generator), args.ks, test)
-        for _ in range(args.n_random)
-    ]
-    curves["random"] = mean_rows(randoms)
+    curves = {name: removal_rows(model, players, order, args.ks, measure) for name, order in orders.items()}
+    randoms = random_orders(len(players), args.n_random, args.seed + 1)
+    curves["random"] = mean_rows([removal_rows(model, players, order, args.ks, measure) for order in randoms])
 
     culprits = orders["tmab"].tolist()
     tmab_rows = [
@@ -213,15 +169,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tmab_evals": float(result.n_evals),
         "seconds": time.perf_counter() - start,
     }
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
-    paths = report_experiment(
-        NAME, args.out, tables=tables, images={"per_group_accuracy_vs_k": png}, summary=summary, config=config,
-        header=header, project=args.project, group=args.group, wandb=not args.no_wandb,
-    )
-    print(f"\nwrote {paths['markdown']} and {png} ({time.perf_counter() - start:.0f} s in all)")
+    paths = report(NAME, args, start, tables=tables, images={"per_group_accuracy_vs_k": png}, summary=summary,
+                   header=header)
     return {"ks": args.ks, "curves": curves, "result": result, "loo": loo, "summary": summary, **paths}
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
-    main()
+    run_script(main)

@@ -9,9 +9,9 @@ top-30 filters, without its lowest-valued half, and without 30 random filters (m
 plots both value distributions. Writes ``filter_dropout.md`` and ``filter_dropout.png`` to ``--out`` and logs
 them to W&B in the multirun's group.
 
-    python experiments/filter_dropout.py
-    python experiments/filter_dropout.py --quick                       # smoke setting
-    python experiments/filter_dropout.py --sweep-dir outputs/.../multiruns/<time>   # re-read a finished sweep
+    python -m experiments.filter_dropout
+    python -m experiments.filter_dropout --quick                       # smoke setting
+    python -m experiments.filter_dropout --sweep-dir outputs/.../multiruns/<time>   # re-read a finished sweep
 """
 
 from __future__ import annotations
@@ -24,20 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from experiments.common import PROJECT, check_positive, parser, random_orders, report, run_script, save_figure
 from nsl import FilterPlayers
 from nsl.data import load_digits_tensors
 from nsl.games import AccuracyGame
 from nsl.models import Classifier
-from nsl.report import markdown, report_experiment
+from nsl.report import markdown
 from nsl.shapley import ShapleyResult
 
 NAME = "filter_dropout"
@@ -54,21 +51,15 @@ QUICK = [
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--remove-top", type=int, default=30, help="top-valued filters removed")
-    parser.add_argument("--n-random", type=int, default=5, help="random removals averaged for the control")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the random control")
-    parser.add_argument("--out", type=Path, default=Path("outputs") / NAME)
-    parser.add_argument("--sweep-dir", type=Path, default=None, help="read this finished multirun instead of running")
-    parser.add_argument("--no-wandb", action="store_true", help="training runs and report without W&B")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke setting (small model, 4 batches)")
-    parser.add_argument("overrides", nargs="*", help="more nsl-train overrides, e.g. callbacks.filter_dropout.p=0.2")
-    args = parser.parse_args(argv)
+    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, 4 batches)")
+    p.add_argument("--remove-top", type=int, default=30, help="top-valued filters removed")
+    p.add_argument("--n-random", type=int, default=5, help="random removals averaged for the control")
+    p.add_argument("--sweep-dir", type=Path, default=None, help="read this finished multirun instead of running")
+    p.add_argument("overrides", nargs="*", help="more nsl-train overrides, e.g. callbacks.filter_dropout.p=0.2")
+    args = p.parse_args(argv)
     if args.quick:
         args.remove_top, args.n_random = 5, 2
-    for name in ("remove_top", "n_random"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be a positive integer.")
+    check_positive(args, "remove_top", "n_random")
     if args.sweep_dir is not None and not args.sweep_dir.is_dir():
         raise ValueError(f"--sweep-dir={args.sweep_dir} is not a folder; give a finished multirun's folder.")
     bad = [o for o in args.overrides if "=" not in o]
@@ -143,9 +134,8 @@ def measure(run: dict[str, Any], remove_top: int, n_random: int, seed: int) -> d
     present = torch.ones(3 + n_random, n, dtype=torch.bool)
     present[1, ranking[:remove_top]] = False
     present[2, ranking[n - n // 2 :]] = False
-    generator = torch.Generator().manual_seed(seed)
-    for r in range(n_random):
-        present[3 + r, torch.randperm(n, generator=generator)[:remove_top]] = False
+    for r, order in enumerate(random_orders(n, n_random, seed)):
+        present[3 + r, order[:remove_top]] = False
     acc = game(present)
     return {
         "full": float(acc[0]),
@@ -175,9 +165,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     right.axhline(0, color="black", linewidth=0.6)
     left.legend()
     right.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -226,15 +214,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["seconds"] = time.perf_counter() - start
     config = {"sweep_dir": str(sweep), "remove_top": args.remove_top, "n_random": args.n_random,
               "quick": args.quick, "overrides": list(args.overrides)}
-    project = OmegaConf.select(runs[0]["cfg"], "logger.wandb.project", default="nsl-experiments")
-    paths = report_experiment(
-        NAME, args.out, tables=tables, images={"value_histograms": png}, summary=summary, config=config,
-        header=header, project=project, group=group, wandb=not args.no_wandb,
-    )
-    print(f"\nwrote {paths['markdown']} and {png} ({time.perf_counter() - start:.0f} s in all)")
+    # The report joins the training runs: their W&B project and group, unless the flags say otherwise.
+    if args.project == PROJECT:
+        args.project = OmegaConf.select(runs[0]["cfg"], "logger.wandb.project", default=PROJECT)
+    args.group = args.group or group
+    paths = report(NAME, args, start, tables=tables, images={"value_histograms": png}, summary=summary,
+                   header=header, config=config)
     return {"stats": stats, "sweep_dir": sweep, "runs": runs, "group": group, **paths}
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
-    main()
+    run_script(main)

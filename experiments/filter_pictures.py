@@ -7,8 +7,8 @@ the filter's name and Shapley value. The table lists the labels of each filter's
 commonest label among them (1.0 = the filter responds to one digit only). Writes ``filter_pictures.md`` and
 ``filter_pictures.png`` to ``--out`` and logs both to W&B (offline unless ``WANDB_MODE=online``).
 
-    python experiments/filter_pictures.py
-    python experiments/filter_pictures.py --quick   # smoke setting, seconds
+    python -m experiments.filter_pictures
+    python -m experiments.filter_pictures --quick   # smoke setting, seconds
 """
 
 from __future__ import annotations
@@ -19,39 +19,32 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from experiments.common import check_positive, class_truncation, parser, report, run_script, save_figure, train_model
 from nsl import AccuracyGame, ClassGame, FilterPlayers, tmab
 from nsl.data import load_digits_tensors
-from nsl.players import PlayerLayer
-from nsl.report import markdown, report_experiment
+from nsl.players import PlayerLayer, preserve_mode
+from nsl.report import markdown
 from nsl.shapley import ShapleyResult
-from nsl.training import train_digits_model
 
+NAME = "filter_pictures"
 UPSCALE = 4  # 8×8 digits shown as 32×32, nearest neighbour
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--eval-size", type=int, default=300, help="validation images in the games and pictures")
-    parser.add_argument("--digit", type=int, default=3, help="class of the class-specific game (0-9)")
-    parser.add_argument("--top", type=int, default=6, help="top filters pictured per game")
-    parser.add_argument("--images", type=int, default=8, help="most-activating images shown per filter")
-    parser.add_argument("--top-k", type=int, default=10, help="top-k that TMAB separates")
-    parser.add_argument("--max-evals", type=int, default=3000, help="TMAB budget per game (coalitions evaluated)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs/filter_pictures"))
-    parser.add_argument("--no-wandb", action="store_true", help="write the files only")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke setting (small model, few epochs)")
-    args = parser.parse_args(argv)
+    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, few epochs)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--eval-size", type=int, default=300, help="validation images in the games and pictures")
+    p.add_argument("--digit", type=int, default=3, help="class of the class-specific game (0-9)")
+    p.add_argument("--top", type=int, default=6, help="top filters pictured per game")
+    p.add_argument("--images", type=int, default=8, help="most-activating images shown per filter")
+    p.add_argument("--top-k", type=int, default=10, help="top-k that TMAB separates")
+    p.add_argument("--max-evals", type=int, default=3000, help="TMAB budget per game (coalitions evaluated)")
+    args = p.parse_args(argv)
     args.channels = (24, 32, 48)
     if args.quick:
         args.epochs, args.eval_size, args.max_evals, args.channels = 3, 80, 200, (6, 8, 10)
@@ -64,9 +57,7 @@ def check(args: argparse.Namespace) -> None:
     """Reject settings that cannot work before anything is trained."""
     if not 0 <= args.digit <= 9:
         raise ValueError(f"--digit {args.digit} is not a digits class; use 0-9.")
-    for name in ("epochs", "eval_size", "top", "images", "top_k", "max_evals"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1.")
+    check_positive(args, "epochs", "eval_size", "top", "images", "top_k", "max_evals")
     if args.images > args.eval_size:
         raise ValueError(f"--images {args.images} exceeds the {args.eval_size} evaluation images (--eval-size).")
     n_filters = sum(args.channels)
@@ -92,17 +83,15 @@ def channel_activations(model: nn.Module, players: FilterPlayers, inputs: Tensor
 
         return hook
 
-    modes = [(m, m.training) for m in model.modules()]
     handles = [modules[layer.mask_at].register_forward_hook(make(i, layer)) for i, layer in enumerate(players.layers)]
     try:
-        model.eval()
-        for start in range(0, len(inputs), batch_size):
-            model(inputs[start : start + batch_size])
+        with preserve_mode(model):
+            model.eval()
+            for start in range(0, len(inputs), batch_size):
+                model(inputs[start : start + batch_size])
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes:
-            m.training = training
     return torch.cat([torch.cat(chunks) for chunks in per_layer], dim=1)
 
 
@@ -134,15 +123,14 @@ def plot(blocks: list[dict[str, Any]], images: Tensor, path: Path) -> None:
                 ax.set_xlabel(str(block["labels"][f][col]), fontsize=7, labelpad=1)
                 if col == 0:
                     ax.set_title(f"{block['names'][f]}  φ={block['values'][f]:.3f}", fontsize=8, loc="left")
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Rank filters on the two games and picture them; returns the rows and files (for tests and notebooks)."""
     args = parse(argv)
     start = time.perf_counter()
-    model = train_digits_model(args.epochs, args.seed, args.channels)
+    model, _ = train_model("digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
     x, y = load_digits_tensors("val", val_size=args.eval_size, seed=args.seed)
     players = FilterPlayers(model)
     games = {
@@ -154,9 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{args.digit})")
     results: dict[str, ShapleyResult] = {}
     for name, game in games.items():
-        empty, full = game.empty_value(), game.full_value()
-        # A class the empty network predicts for every image has v(∅) ≈ v(N): truncating at v(∅) would be wrong.
-        truncation = 0.25 if abs(full - empty) > 0.5 * abs(full) else None
+        truncation = class_truncation(game)
         results[name] = tmab(game, args.top_k, max_evals=args.max_evals, truncation=truncation, seed=args.seed)
         r = results[name]
         print(f"  tmab on the {name} game: {r.n_evals} evaluations, {r.seconds:.1f} s, converged={r.converged}")
@@ -206,22 +192,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     summary = {f"{name.replace(' ', '_')}/mean_share": s for name, s in share.items()}
     summary["class_filters_preferring_digit"] = float(len(digit_share))
-    report = report_experiment(
-        "filter_pictures",
-        args.out,
-        tables={"top_filters": (columns, rows)},
-        images={"filter_pictures": png},
-        summary=summary,
-        config={k: v for k, v in vars(args).items() if k != "channels"} | {"channels": list(args.channels)},
-        header=header,
-        wandb=not args.no_wandb,
-    )
     print("\n" + header + "\n" + markdown(columns, rows, floats=".3f"))
-    print(f"\nwrote {report['markdown']} and {png} ({time.perf_counter() - start:.0f} s in all)")
+    paths = report(NAME, args, start, tables={"top_filters": (columns, rows)}, images={"filter_pictures": png},
+                   summary=summary, header=header)
     return {"rows": rows, "columns": columns, "share": share, "results": results, "activations": acts,
-            "labels": y, "model": model, **report}
+            "labels": y, "model": model, **paths}
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
-    main()
+    run_script(main)

@@ -7,8 +7,8 @@ largest mean |φ| on the test set), every other feature held at the baseline 0 (
 the features are standardised), for every test sample and both class logits; compared with
 ``net.shapley(x)`` on the same inputs, in float32 (as trained) and float64.
 
-    python experiments/harsanyinet_tabular.py
-    python experiments/harsanyinet_tabular.py --data wine --epochs 80
+    python -m experiments.harsanyinet_tabular
+    python -m experiments.harsanyinet_tabular --data wine --epochs 80
 """
 
 from __future__ import annotations
@@ -22,14 +22,10 @@ import lightning as L
 import torch
 from torch import nn
 
+from experiments.common import quiet_trainer
 from nsl.data import TabularDataModule
 from nsl.models import Classifier, HarsanyiNet
-from nsl.shapley.exact import coalitions, shapley_from_values
-from nsl.training import quiet_trainer
-
-
-def trainer(epochs: int) -> L.Trainer:
-    return quiet_trainer(epochs)
+from nsl.shapley import coalitions, shapley_from_values
 
 
 def n_params(module: nn.Module) -> int:
@@ -56,7 +52,7 @@ def fit_and_test(
 ) -> tuple[Classifier, float]:
     L.seed_everything(args.seed, verbose=False)
     model = Classifier(net, num_classes=data.num_classes, lr=args.lr, weight_decay=0.0)
-    run = trainer(args.epochs)
+    run = quiet_trainer(args.epochs)
     run.fit(model, data)
     return model.eval(), float(run.test(model, data, verbose=False)[0]["test/acc"])
 

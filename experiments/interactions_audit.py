@@ -14,8 +14,8 @@ evaluations, about 20 s in all), restricts the game to the top k with every othe
 Outputs go to ``--out`` (default ``outputs/interactions_audit/``): ``pairwise_interactions.png``,
 ``pairwise_interactions.csv``, ``audit.md``, ``summary.json``.
 
-    python experiments/interactions_audit.py
-    python experiments/interactions_audit.py --rank loo --top-k 10
+    python -m experiments.interactions_audit
+    python -m experiments.interactions_audit --rank loo --top-k 10
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ from pathlib import Path
 
 import torch
 
+from experiments.common import run_script, train_model
 from nsl import AccuracyGame, FilterPlayers, tmab
+from nsl.baselines import game_leave_one_out
 from nsl.data import load_digits_tensors
 from nsl.games import METRICS
 from nsl.interactions import (
+    PairwiseInteractions,
     SubGame,
     audit,
     harsanyi,
@@ -40,22 +43,6 @@ from nsl.interactions import (
     plot_interactions,
     shapley_from_dividends,
 )
-from nsl.interactions.indices import PairwiseInteractions
-from nsl.models import Classifier
-from nsl.training import train_digits_model
-
-
-def train(epochs: int, seed: int) -> Classifier:
-    return train_digits_model(epochs, seed)
-
-
-def leave_one_out(game: AccuracyGame) -> torch.Tensor:
-    """v(N) − v(N∖{i}) for every filter, N + 1 evaluations."""
-    n = game.n_players
-    present = torch.ones(n + 1, n, dtype=torch.bool)
-    present[torch.arange(n), torch.arange(n)] = False
-    values = game(present)
-    return values[-1] - values[:-1]
 
 
 def main() -> None:
@@ -74,14 +61,14 @@ def main() -> None:
         parser.error("--top-k must lie in [2, 16]")
 
     start = time.perf_counter()
-    model = train(args.epochs, args.seed)
+    model, _ = train_model("digits_cnn", epochs=args.epochs, seed=args.seed)
     x, y = load_digits_tensors("val", val_size=args.eval_size, seed=args.seed)
     players = FilterPlayers(model)
     game = AccuracyGame(model, players, x, y, metric=args.metric)
     print(f"trained SmallCNN in {time.perf_counter() - start:.1f} s: {len(players)} filters, "
           f"{args.metric} {game.full_value():.4f} on {len(x)} validation images")
 
-    loo = leave_one_out(game)
+    loo = game_leave_one_out(game)
     if args.rank == "tmab":
         result = tmab(game, args.top_k, max_evals=args.max_evals, seed=args.seed)
         culprits = result.top_k.tolist()
@@ -152,5 +139,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
-    main()
+    run_script(main)

@@ -12,8 +12,8 @@ images, as its top filters are removed, next to the same curves for the overall-
 random orders. Writes ``removal_curves.md``, ``removal_curves.png`` and ``removal_curves_classes.png`` to
 ``--out`` and logs them to W&B (offline unless ``WANDB_MODE=online``).
 
-    python experiments/removal_curves.py
-    python experiments/removal_curves.py --classes 1,7 --quick   # smoke setting, seconds
+    python -m experiments.removal_curves
+    python -m experiments.removal_curves --classes 1,7 --quick   # smoke setting, seconds
 """
 
 from __future__ import annotations
@@ -24,31 +24,31 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from nsl import AccuracyGame, ClassGame, FilterPlayers, tmab
+from experiments.common import (
+    check_positive,
+    class_truncation,
+    parser,
+    random_orders,
+    report,
+    run_script,
+    save_figure,
+    train_model,
+)
+from nsl import AccuracyGame, ClassGame, FilterPlayers, Game, tmab
 from nsl.baselines import BASELINES, baseline_result
 from nsl.data import load_digits_tensors
-from nsl.games.base import Game
 from nsl.models import Classifier
-from nsl.report import markdown, removal_curve, removal_values, report_experiment
+from nsl.report import markdown, removal_curve, removal_values
 from nsl.shapley import ShapleyResult
-from nsl.training import train_digits_model
 
+NAME = "removal_curves"
 ROWS = (0, 5, 10, 15, 20, 30)
 CLASS_ROWS = (0, 2, 5, 10, 20)
 CLASS_STYLE = {"class tmab": "tab:red", "overall tmab": "tab:blue", "random": "gray"}
-
-
-def train(epochs: int, seed: int, channels: tuple[int, ...] | None = None) -> Classifier:
-    """The digits classifier of experiments/digits_tmab.py (default SmallCNN unless ``channels``)."""
-    return train_digits_model(epochs, seed) if channels is None else train_digits_model(epochs, seed, channels)
 
 
 def digits_list(text: str) -> list[int]:
@@ -60,30 +60,24 @@ def digits_list(text: str) -> list[int]:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--eval-size", type=int, default=300, help="validation images in the game")
-    parser.add_argument("--top-k", type=int, default=10, help="top-k that TMAB separates")
-    parser.add_argument("--max-evals", type=int, default=2000, help="TMAB budget (coalitions evaluated)")
-    parser.add_argument("--max-removed", type=int, default=30)
-    parser.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients quadrature points")
-    parser.add_argument("--n-random", type=int, default=10, help="random orders averaged for the random curve")
-    parser.add_argument("--classes", type=str, default="0,3,8", help="digits for class-specific curves; '' for none")
-    parser.add_argument("--class-removed", type=int, default=20, help="filters removed in the class-specific curves")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs/removal_curves"))
-    parser.add_argument("--no-wandb", action="store_true", help="write the files only")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke setting (small model, 3 epochs)")
-    args = parser.parse_args(argv)
-    args.channels = None
+    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, 3 epochs)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--eval-size", type=int, default=300, help="validation images in the game")
+    p.add_argument("--top-k", type=int, default=10, help="top-k that TMAB separates")
+    p.add_argument("--max-evals", type=int, default=2000, help="TMAB budget (coalitions evaluated)")
+    p.add_argument("--max-removed", type=int, default=30)
+    p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients quadrature points")
+    p.add_argument("--n-random", type=int, default=10, help="random orders averaged for the random curve")
+    p.add_argument("--classes", type=str, default="0,3,8", help="digits for class-specific curves; '' for none")
+    p.add_argument("--class-removed", type=int, default=20, help="filters removed in the class-specific curves")
+    args = p.parse_args(argv)
+    args.channels = (24, 32, 48)
     if args.quick:
         args.epochs, args.eval_size, args.max_evals = 3, 60, 150
         args.max_removed, args.ig_steps, args.n_random, args.channels = 10, 4, 2, (6, 8, 10)
         args.class_removed = min(args.class_removed, 8)
     args.class_list = digits_list(args.classes)
-    for name in ("epochs", "eval_size", "top_k", "max_evals", "max_removed", "n_random", "class_removed"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1.")
+    check_positive(args, "epochs", "eval_size", "top_k", "max_evals", "max_removed", "n_random", "class_removed")
     return args
 
 
@@ -105,18 +99,7 @@ def plot(curves: dict[str, list[float]], path: Path, title: str) -> None:
     ax.set_ylabel("validation accuracy")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def class_truncation(game: Game, level: float = 0.25) -> float | None:
-    """TMAB truncation for a class game; None when the empty network already predicts that class.
-
-    Then v(∅) is about as high as v(N), and "the value has fallen to v(∅)" no longer means the class is lost.
-    """
-    full, empty = game.full_value(), game.empty_value()
-    return level if abs(full - empty) > 0.5 * abs(full) else None
+    save_figure(fig, path)
 
 
 def class_curves(
@@ -138,8 +121,7 @@ def class_curves(
         own = ClassGame(model, players, x_test, y_test, digit)
         rest = y_test != digit
         others = AccuracyGame(model, players, x_test[rest], y_test[rest])
-        generator = torch.Generator().manual_seed(args.seed + 1000 + digit)
-        randoms = [torch.randperm(len(players), generator=generator) for _ in range(args.n_random)]
+        randoms = random_orders(len(players), args.n_random, args.seed + 1000 + digit)
 
         def curve(game: Game, orders: list[Tensor]) -> list[float]:
             return torch.stack([removal_values(game, o, steps) for o in orders]).mean(0).tolist()
@@ -171,16 +153,14 @@ def plot_classes(found: dict[int, dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("top-ranked filters removed")
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("test accuracy")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the comparison; returns the curves, AUCs and the markdown table (for tests and notebooks)."""
     args = parse(argv)
     start = time.perf_counter()
-    model = train(args.epochs, args.seed, args.channels)
+    model, _ = train_model("digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
     x, y = load_digits_tensors("val", val_size=args.eval_size, seed=args.seed)
     players = FilterPlayers(model)
     game = AccuracyGame(model, players, x, y)
@@ -262,15 +242,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   + ", ".join(f"{own[k]:.3f} ({k})" for k in ks) + "; other digits "
                   + ", ".join(f"{others[k]:.3f} ({k})" for k in ks))
 
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
-    report = report_experiment(
-        "removal_curves", args.out, tables=tables, images=images, summary=summary, config=config, header=header,
-        wandb=not args.no_wandb,
-    )
-    print(f"\nwrote {report['markdown']} and {', '.join(str(p) for p in images.values())} "
-          f"({time.perf_counter() - start:.0f} s in all)")
+    paths = report(NAME, args, start, tables=tables, images=images, summary=summary, header=header)
     return {"auc": areas, "curves": curves, "full_value": full, "table": table, "class_curves": found,
-            "model": model, **report}
+            "model": model, **paths}
 
 
 def class_table(found: dict[int, dict[str, Any]]) -> tuple[list[str], list[list[Any]], list[int]]:
@@ -289,5 +263,4 @@ def class_table(found: dict[int, dict[str, Any]]) -> tuple[list[str], list[list[
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
-    main()
+    run_script(main)

@@ -5,12 +5,14 @@ Trains the default digits CNN and, on its accuracy game (validation images), rem
 random orders, recording the whole trajectory (value after 0, 1, ..., N removals). For each truncation level τ
 (a fraction of |v(N) − v(∅)|) it reports where performance collapses (the fraction of filters removed when the
 value first comes within τ·|v(N) − v(∅)| of v(∅), over the orders), and runs ``monte_carlo`` with and without
-truncation on the same permutations: the fraction of the scans' evaluations truncation skips, and the bias it
-introduces (max and mean |difference| of the values, top-10 overlap). Writes ``truncation.md`` and
+truncation on the same permutations: how far the truncated scans went, the fraction of the scans' evaluations
+truncation skips, and the bias it introduces (max and mean |difference| of the values, top-10 overlap). Every
+coalition is counted and recorded by one library meter (``nsl.games.CountingGame``), so the trajectories and the
+scans' depths are read back from what the estimator really evaluated. Writes ``truncation.md`` and
 ``truncation.png`` (trajectories with the tolerance bands; collapse points) to ``--out`` and logs both to W&B.
 
-    python experiments/truncation.py
-    python experiments/truncation.py --quick   # smoke setting, seconds
+    python -m experiments.truncation
+    python -m experiments.truncation --quick   # smoke setting, seconds
 """
 
 from __future__ import annotations
@@ -20,43 +22,35 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
+from experiments.common import check_positive, parser, random_orders, report, run_script, save_figure, train_model
 from nsl import AccuracyGame, FilterPlayers, monte_carlo
 from nsl.data import load_digits_tensors
-from nsl.report import markdown, report_experiment
-from nsl.training import train_digits_model
+from nsl.games import CountingGame
+from nsl.report import markdown
 
+NAME = "truncation"
 COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--eval-size", type=int, default=300, help="validation images in the game")
-    parser.add_argument("--orders", type=int, default=50, help="random removal orders (= Monte Carlo permutations)")
-    parser.add_argument("--truncations", type=str, default="0.1,0.25,0.5", help="comma-separated levels in (0, 1)")
-    parser.add_argument("--patience", type=int, default=5, help="evaluations within tolerance before a scan stops")
-    parser.add_argument("--top-k", type=int, default=10, help="size of the top set whose overlap is reported")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs/truncation"))
-    parser.add_argument("--no-wandb", action="store_true", help="write the files only")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke setting (small model, few orders)")
-    args = parser.parse_args(argv)
+    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, few orders)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--eval-size", type=int, default=300, help="validation images in the game")
+    p.add_argument("--orders", type=int, default=50, help="random removal orders (= Monte Carlo permutations)")
+    p.add_argument("--truncations", type=str, default="0.1,0.25,0.5", help="comma-separated levels in (0, 1)")
+    p.add_argument("--patience", type=int, default=5, help="evaluations within tolerance before a scan stops")
+    p.add_argument("--top-k", type=int, default=10, help="size of the top set whose overlap is reported")
+    args = p.parse_args(argv)
     args.channels = (24, 32, 48)
     if args.quick:
         args.epochs, args.eval_size, args.orders, args.channels = 3, 60, 8, (6, 8, 10)
         args.top_k = min(args.top_k, 5)
     args.levels = levels(args.truncations)
-    for name in ("epochs", "eval_size", "orders", "patience", "top_k"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1.")
+    check_positive(args, "epochs", "eval_size", "orders", "patience", "top_k")
     if args.top_k >= sum(args.channels):
         raise ValueError(f"--top-k {args.top_k} must be below the model's {sum(args.channels)} filters.")
     return args
@@ -75,57 +69,32 @@ def levels(text: str) -> list[float]:
     return values
 
 
-def random_orders(n_players: int, n_orders: int, seed: int) -> list[Tensor]:
-    """The orders ``monte_carlo(seed=seed)`` scans (one generator seeded with ``seed``, one randperm per scan)."""
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randperm(n_players, generator=generator) for _ in range(n_orders)]
+def coalition(order: Tensor, removed: int) -> Tensor:
+    """The coalition of a removal scan along ``order`` after its first ``removed`` players are gone."""
+    rank = torch.empty(len(order), dtype=torch.long)
+    rank[order] = torch.arange(len(order))
+    return rank >= removed
 
 
-class RecordingGame:
-    """Passes coalitions on to ``game`` and keeps each one's value, so the scans' trajectories can be read back."""
+def trajectory(meter: CountingGame, order: Tensor) -> Tensor:
+    """Values after removing ``order[:t]``, t = 0..N, read from a recording meter that saw the whole scan."""
+    try:
+        return torch.tensor([meter.value_of(coalition(order, t)) for t in range(len(order) + 1)])
+    except KeyError:
+        raise RuntimeError("a coalition of this order was never evaluated: not a scanned order.") from None
 
-    def __init__(self, game: AccuracyGame) -> None:
-        self.game = game
-        self.n_players = game.n_players
-        self.chunk_size = game.chunk_size  # same batching as the bare game
-        self.players = game.players
-        self.seen: dict[bytes, float] = {}
 
-    def __call__(self, present: Tensor) -> Tensor:
-        values = self.game(present)
-        for row, value in zip(present.reshape(-1, self.n_players), values.tolist(), strict=True):
-            self.seen[row.numpy().tobytes()] = value
-        return values
-
-    def trajectory(self, order: Tensor) -> Tensor:
-        """Values after removing ``order[:t]``, t = 0..N, from the coalitions evaluated so far."""
-        rank = torch.empty(self.n_players, dtype=torch.long)
-        rank[order] = torch.arange(self.n_players)
-        try:
-            return torch.tensor([self.seen[(rank >= t).numpy().tobytes()] for t in range(self.n_players + 1)])
-        except KeyError:
-            raise RuntimeError("a coalition of this order was never evaluated: not a scanned order.") from None
+def scan_depth(meter: CountingGame, order: Tensor) -> int:
+    """How many players the scan along ``order`` removed before it stopped: the first t whose coalition the
+    recording meter never saw, minus one (N for a scan that ran to the end)."""
+    n = len(order)
+    return next((t - 1 for t in range(1, n) if not meter.was_evaluated(coalition(order, t))), n)
 
 
 def collapse_points(trajectories: Tensor, v_empty: float, tolerance: float) -> Tensor:
     """Per trajectory, the first number of filters removed at which the value is within ``tolerance`` of v(∅)."""
     within = (trajectories - v_empty).abs() <= tolerance  # (P, N+1); the last column (v(∅) itself) is always True
     return within.double().argmax(dim=1)
-
-
-def truncation_stops(trajectories: Tensor, v_empty: float, tolerance: float, patience: int) -> Tensor:
-    """Where the scan rule stops each trajectory: the step completing ``patience`` evaluated values in tolerance."""
-    n = trajectories.shape[1] - 1
-    within = ((trajectories[:, 1:n] - v_empty).abs() <= tolerance).long()  # evaluated coalitions 1..N-1
-    stops = torch.full((len(trajectories),), n, dtype=torch.long)
-    for p, row in enumerate(within.tolist()):
-        run = 0
-        for t, w in enumerate(row, 1):
-            run = run + 1 if w else 0
-            if run >= patience:
-                stops[p] = t
-                break
-    return stops
 
 
 def quantiles(x: Tensor) -> tuple[float, float, float]:
@@ -157,16 +126,14 @@ def plot(trajectories: Tensor, v_full: float, v_empty: float, fractions: dict[fl
     bx.set_xlim(0, 1)
     bx.set_xlabel("fraction removed when the value first enters the band")
     bx.set_title("where performance collapses")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Record the trajectories and compare truncated with untruncated Monte Carlo; returns the table rows."""
     args = parse(argv)
     start = time.perf_counter()
-    model = train_digits_model(args.epochs, args.seed, args.channels)
+    model, _ = train_model("digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
     x, y = load_digits_tensors("val", val_size=args.eval_size, seed=args.seed)
     players = FilterPlayers(model)
     game = AccuracyGame(model, players, x, y)
@@ -177,11 +144,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"v(∅) = {v_empty:.3f} on {len(x)} validation images")
 
     t0 = time.perf_counter()
-    recorder = RecordingGame(game)
+    recorder = CountingGame(game, record=True)
     exact_scans = monte_carlo(recorder, args.orders, truncation=None, seed=args.seed, top_k=args.top_k)
     # The untruncated scans visit every coalition of their orders: read the trajectories back from them.
-    orders = random_orders(n, args.orders, args.seed)
-    trajectories = torch.stack([recorder.trajectory(order) for order in orders]).double()
+    orders = random_orders(n, args.orders, args.seed)  # the orders monte_carlo(seed=seed) scans
+    trajectories = torch.stack([trajectory(recorder, order) for order in orders]).double()
     marginals = torch.zeros(args.orders, n, dtype=torch.float64)
     for p, order in enumerate(orders):
         marginals[p, order] = trajectories[p, :-1] - trajectories[p, 1:]
@@ -200,8 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for tau in args.levels:
         tolerance = tau * span
         fractions[tau] = collapse_points(trajectories, v_empty, tolerance).double() / n
-        stops = truncation_stops(trajectories, v_empty, tolerance, args.patience).double() / n
-        cut = monte_carlo(game, args.orders, truncation=tau, patience=args.patience, seed=args.seed, top_k=args.top_k)
+        meter = CountingGame(game, record=True)
+        cut = monte_carlo(meter, args.orders, truncation=tau, patience=args.patience, seed=args.seed, top_k=args.top_k)
+        stops = torch.tensor([scan_depth(meter, order) for order in orders], dtype=torch.float64) / n
         diff = (cut.values - exact_scans.values).abs()
         skipped = 1 - (cut.n_evals - 2) / scan_evals
         overlap = len(top_ref & set(cut.top_k.tolist()))
@@ -227,8 +195,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     header = (
         f"Digits SmallCNN, {n} filters, accuracy game on {len(x)} validation images: v(N) = {v_full:.3f}, "
         f"v(∅) = {v_empty:.3f}. {args.orders} random removal orders. collapse = fraction of filters removed when the "
-        f"value first comes within τ·|v(N) − v(∅)| of v(∅) (10th/50th/90th percentile over orders); stop = where "
-        f"the truncation rule (patience {args.patience}) ends the scan. Monte Carlo with and without truncation on "
+        f"value first comes within τ·|v(N) − v(∅)| of v(∅) (10th/50th/90th percentile over orders); stop = how far "
+        f"the truncated scans removed (the estimator's rule, patience {args.patience}, in whole forward passes). "
+        f"Monte Carlo with and without truncation on "
         f"the same {args.orders} permutations (untruncated: {exact_scans.n_evals} evaluations, Σφ = "
         f"{float(exact_scans.values.sum()):.3f}): skipped = share of the untruncated scans' {scan_evals} "
         "evaluations not made (a forward pass evaluates a few coalitions, so a scan may overrun its stop); "
@@ -236,24 +205,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{mean_stderr:.4f}); overlap with the untruncated top-{args.top_k}; Σφ against v(N) − v(∅) = "
         f"{v_full - v_empty:.3f}.\n"
     )
-    report = report_experiment(
-        "truncation",
-        args.out,
-        tables={"truncation_levels": (columns, rows)},
-        images={"trajectories": png},
-        summary=summary,
-        config={k: v for k, v in vars(args).items() if k != "channels"} | {"channels": list(args.channels)},
-        header=header,
-        wandb=not args.no_wandb,
-        floats=".4f",
-    )
     print("\n" + header + "\n" + markdown(columns, rows, floats=".4f"))
-    print(f"\nwrote {report['markdown']} and {png} ({time.perf_counter() - start:.0f} s in all)")
+    paths = report(NAME, args, start, tables={"truncation_levels": (columns, rows)}, images={"trajectories": png},
+                   summary=summary, header=header, floats=".4f")
     return {"rows": rows, "columns": columns, "trajectories": trajectories, "fractions": fractions,
             "v_full": v_full, "v_empty": v_empty, "mismatch": mismatch, "summary": summary,
-            "untruncated": exact_scans, "model": model, **report}
+            "untruncated": exact_scans, "model": model, **paths}
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
-    main()
+    run_script(main)

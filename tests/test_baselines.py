@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ import torch.nn.functional as F
 from conftest import assert_unchanged, snapshot
 from torch import nn
 
+from experiments import removal_curves
 from nsl import AccuracyGame, FilterPlayers, ShapleyResult, prune_filters
 from nsl.baselines import (
     BASELINES,
@@ -336,11 +335,7 @@ def test_result_wrapper_works_with_removal_curves_and_pruning(model, digits_val,
 
 
 def test_removal_curve_experiment_quick(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "experiments" / "removal_curves.py"
-    spec = importlib.util.spec_from_file_location("removal_curves_experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    summary = module.main(["--quick", "--out", str(tmp_path)])
+    summary = removal_curves.main(["--quick", "--out", str(tmp_path)])
     table = (tmp_path / "removal_curves.md").read_text()
     for name in ("tmab", *BASELINES):
         assert name in table

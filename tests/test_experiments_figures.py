@@ -6,7 +6,7 @@ estimators, an offline W&B run) and checks the numbers it reports against an ind
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 from types import ModuleType
@@ -15,18 +15,15 @@ import pytest
 import torch
 from conftest import inspect_wandb
 
-from nsl import AccuracyGame, ClassGame, FilterPlayers
+from nsl import AccuracyGame, ClassGame, FilterPlayers, monte_carlo
 from nsl.data import load_digits_tensors
+from nsl.games import CountingGame, additive_game
 from nsl.report import removal_values
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{name}_experiment", EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The experiment script ``experiments/<name>.py`` as a module."""
+    return importlib.import_module(f"experiments.{name}")
 
 
 def logged(run_dir: Path) -> tuple[dict, dict]:
@@ -151,8 +148,28 @@ def test_truncation_helpers_on_a_known_trajectory():
     # v(∅) = 0.1; the value enters the 0.05 band at step 2, leaves it at 3, stays from 4.
     traj = torch.tensor([[1.0, 0.5, 0.12, 0.4, 0.11, 0.1, 0.1, 0.1]], dtype=torch.float64)
     assert module.collapse_points(traj, 0.1, 0.05).tolist() == [2]
-    assert module.truncation_stops(traj, 0.1, 0.05, patience=2).tolist() == [5]
-    assert module.truncation_stops(traj, 0.1, 0.05, patience=9).tolist() == [7]  # never: the scan runs to N
+
+
+def test_truncation_reads_trajectories_and_scan_depths_from_the_estimators_own_run():
+    module = load("truncation")
+    n = 10
+    game = additive_game([1.0] + [0.0] * (n - 1))  # worth 1 while player 0 is in, else v(∅) = 0
+    orders = module.random_orders(n, 6, seed=3)  # the orders monte_carlo(seed=3) scans
+    full = CountingGame(game, record=True)
+    monte_carlo(full, 6, truncation=None, seed=3, batch_size=1)
+    for order in orders:
+        where = int((order == 0).nonzero())  # player 0 is removed at step where + 1
+        expected = torch.tensor([1.0] * (where + 1) + [0.0] * (n - where), dtype=torch.float64)
+        assert torch.equal(module.trajectory(full, order), expected)
+        assert module.scan_depth(full, order) == n  # untruncated: every coalition of the scan evaluated
+    cut = CountingGame(game, record=True)
+    monte_carlo(cut, 6, truncation=0.25, patience=2, seed=3, batch_size=1)
+    for order in orders:
+        where = int((order == 0).nonzero())
+        # The library's rule: after player 0 goes, two evaluated values at v(∅) end the scan; a scan that gets
+        # to N - 1 removals is complete (v(∅) itself is evaluated once per run).
+        stop = where + 2
+        assert module.scan_depth(cut, order) == (stop if stop < n - 1 else n)
 
 
 @pytest.mark.slow

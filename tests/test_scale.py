@@ -1,10 +1,9 @@
-"""Scale benchmark (experiments/scale.py): its timing wrappers, and a smoke run of the script on Inception-v3."""
+"""Scale benchmark (experiments/benchmarks/scale.py): its forward clock with the library's meter, and a smoke
+run of the script on Inception-v3."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,39 +12,36 @@ import torchvision
 from conftest import inspect_wandb
 from torch import nn
 
+from experiments.benchmarks import scale as scale_module
 from nsl import AccuracyGame, FilterPlayers
+from nsl.games import CountingGame
 from nsl.models import SmallCNN
 from nsl.shapley import monte_carlo
 
 
 @pytest.fixture(scope="module")
 def scale():
-    """The experiment script as a module."""
-    path = Path(__file__).resolve().parents[1] / "experiments" / "scale.py"
-    spec = importlib.util.spec_from_file_location("scale_experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark script as a module."""
+    return scale_module
 
 
-def test_wrappers_count_and_time_what_they_wrap(scale, digits_val) -> None:
-    """TimedGame sees every coalition the estimator asks for; ForwardClock every forward, and leaves no hook."""
+def test_meter_and_clock_count_and_time_what_they_wrap(scale, digits_val) -> None:
+    """The meter sees every coalition the estimator asks for; ForwardClock every forward, and leaves no hook."""
     x, y = digits_val
     torch.manual_seed(0)
     model = SmallCNN(channels=(4, 6, 8)).eval()  # untrained: only counts and times matter here
     players = FilterPlayers(model)
-    timed = scale.TimedGame(AccuracyGame(model, players, x[:20], y[:20], chunk_size=4), record_values=True)
+    timed = CountingGame(AccuracyGame(model, players, x[:20], y[:20], chunk_size=4), record=True)
     clock = scale.ForwardClock()
     hooks_before = (len(model._forward_hooks), len(model._forward_pre_hooks))
     with clock.attach(model):
         result = monte_carlo(timed, 2, seed=0)
     assert (len(model._forward_hooks), len(model._forward_pre_hooks)) == hooks_before
-    assert timed.evals == result.n_evals == 2 + 2 * (len(players) - 1)
+    assert timed.n_evals == result.n_evals == 2 + 2 * (len(players) - 1)
     assert timed.calls == sum(math.ceil(k / 4) for k in [2] + [len(players) - 1] * 2)
     assert clock.calls >= timed.calls  # every call runs the model at least once (more to verify a shared prefix)
     assert 0 < clock.seconds < timed.seconds
-    assert timed.values and all(0 <= v <= 1 for v in timed.values)
+    assert timed.recorded_values() and all(0 <= v <= 1 for v in timed.recorded_values())
 
 
 def test_bad_arguments_are_refused_before_work(scale, capsys) -> None:

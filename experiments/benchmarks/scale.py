@@ -8,8 +8,8 @@ own predictions (so v(N) = 1), and measures what the estimators cost at this siz
 - the estimators' own overhead (everything outside the game's calls: order sampling, coalition masks, the
   bandit rule ``unresolved``, ``RunningStats.update``) and the game's overhead outside the model's forward
   (hook registration in ``FilterPlayers.mask``, input tiling, scoring), per scan and per evaluation, in
-  seconds and as a fraction of the forward time; both are measured by timing the game's calls and the
-  model's forward with wrappers and subtracting from the total;
+  seconds and as a fraction of the forward time; both are measured by timing the game's calls (the library's
+  meter, ``nsl.games.CountingGame``) and the model's forward (hooks) and subtracting from the total;
 - the bandit update (``unresolved`` + ``RunningStats.update``) and a whole scan's bookkeeping at N = 1k, 4k,
   17k and 100k players with synthetic statistics, as time and time/N (plotted to ``scale.png``);
 - memory: peak RSS (``resource.getrusage``) after each phase, the estimator's state and per-call allocations.
@@ -20,8 +20,8 @@ truncates after ``patience`` evaluations. That keeps the run to a few dozen Ince
 estimators do their full per-scan bookkeeping over all players; a trained network needs up to N evaluations
 per scan (measured here with a near-free linear game of the same N).
 
-    python experiments/scale.py                 # full setting, about 10 min on 2 CPU cores
-    python experiments/scale.py --quick         # smoke setting (75x75 images), seconds
+    python -m experiments.benchmarks.scale            # full setting, about 10 min on 2 CPU cores
+    python -m experiments.benchmarks.scale --quick    # smoke setting (75x75 images), seconds
 """
 
 from __future__ import annotations
@@ -36,19 +36,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import torch
 import torchvision
 from torch import Tensor, nn
 
+from experiments.common import parser as make_parser
+from experiments.common import plain_config, report, save_figure
 from nsl import AccuracyGame, FilterPlayers, monte_carlo, tmab
-from nsl.report import markdown, report_experiment
-from nsl.shapley.result import RunningStats
-from nsl.shapley.tmab import unresolved
+from nsl.games import CountingGame
+from nsl.report import markdown
+from nsl.shapley import RunningStats
+from nsl.shapley.tmab import unresolved  # the bandit rule itself: its cost per player is measured here
 
 
 def peak_rss_mib() -> float:
@@ -74,34 +73,6 @@ def best_time(fn: Callable[[], object], repeat: int = 5, min_seconds: float = 0.
             fn()
         best = min(best, (time.perf_counter() - start) / loops)
     return best
-
-
-class TimedGame:
-    """Pass-through game that adds up the wall time, calls and coalitions spent inside another game."""
-
-    def __init__(self, game: Any, record_values: bool = False) -> None:
-        self.game = game
-        self.record_values = record_values
-        self.n_players = game.n_players
-        self.chunk_size = getattr(game, "chunk_size", None)
-        self.players = getattr(game, "players", None)
-        self.seconds = 0.0
-        self.calls = 0
-        self.evals = 0
-        self.values: set[float] = set()
-
-    def __call__(self, present: Tensor) -> Tensor:
-        start = time.perf_counter()
-        values = self.game(present)
-        self.seconds += time.perf_counter() - start
-        self.calls += 1
-        self.evals += present.shape[0] if present.dim() == 2 else 1
-        if self.record_values:
-            self.values.update(round(v, 9) for v in torch.as_tensor(values).reshape(-1).tolist())
-        return values
-
-    def reset(self) -> None:
-        self.seconds, self.calls, self.evals = 0.0, 0, 0
 
 
 class ForwardClock:
@@ -200,9 +171,9 @@ def mask_hook_bytes(model: nn.Module, players: FilterPlayers, present: Tensor, x
     return total, hooks
 
 
-def run_estimator(name: str, call: Callable[[], Any], timed: TimedGame, clock: ForwardClock) -> dict[str, Any]:
+def run_estimator(name: str, call: Callable[[], Any], timed: CountingGame, clock: ForwardClock) -> dict[str, Any]:
     """Run one estimator and split its wall time into forward, game overhead and estimator overhead."""
-    timed.reset()
+    timed.n_evals, timed.calls, timed.seconds = 0, 0, 0.0  # this run only; the recorded values are kept
     fwd0, calls0 = clock.seconds, clock.calls
     start = time.perf_counter()
     result = call()
@@ -228,7 +199,7 @@ def run_estimator(name: str, call: Callable[[], Any], timed: TimedGame, clock: F
         "estimator_ms_per_eval": 1e3 * est / result.n_evals,
         "game_overhead_pct": 100 * game_over / forward,
         "estimator_overhead_pct": 100 * est / forward,
-        "counted_evals": timed.evals,
+        "counted_evals": timed.n_evals,
     }
 
 
@@ -254,7 +225,7 @@ def scaling(
         rank = torch.randperm(n, generator=gen)
         chunk = torch.arange(1, k + 1)
         t_masks = bench(lambda rank=rank, chunk=chunk: rank.unsqueeze(0) >= chunk.unsqueeze(1))
-        timed = TimedGame(ConstantGame(n, k))
+        timed = CountingGame(ConstantGame(n, k))
         start = time.perf_counter()
         result = tmab(timed, 10, min_samples=scans, patience=patience, truncation=0.25, seed=seed, max_evals=None)
         per_scan = (time.perf_counter() - start - timed.seconds) / int(result.counts.max())
@@ -293,13 +264,11 @@ def plot_scaling(rows: list[dict[str, float]], path: Path) -> None:
     ax2.set(xscale="log", xlabel="players N", ylabel="ns per player", title="time / N (flat = linear)")
     ax2.set_ylim(bottom=0)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__, "scale", quick="smoke setting: 75x75 images, 1 image, tiny runs")
     parser.add_argument("--images", type=int, default=2, help="random evaluation images B")
     parser.add_argument("--size", type=int, default=299, help="image side (Inception-v3 needs at least 75)")
     parser.add_argument("--chunk", type=int, default=5, help="coalitions per forward pass K")
@@ -310,10 +279,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=50, help="max_evals asked of tmab in the long-scan check")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every measurement")
     parser.add_argument("--micro-seconds", type=float, default=0.05, help="least time per micro-benchmark batch")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs/scale"))
-    parser.add_argument("--no-wandb", action="store_true", help="write the files only")
-    parser.add_argument("--quick", action="store_true", help="smoke setting: 75x75 images, 1 image, tiny runs")
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.size, args.chunk, args.scans, args.patience, args.reps = 1, 75, 2, 2, 2, 1
@@ -376,7 +341,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     y = logits.argmax(dim=1)
     feature_part = float((logits - model.fc.bias.detach()).abs().max())
     game = AccuracyGame(model, players, x, y, chunk_size=args.chunk)
-    timed = TimedGame(game, record_values=True)
+    timed = CountingGame(game, record=True)
     rss.append([f"game ({args.images} images, 1 forward)", peak_rss_mib()])
 
     # --- throughput ---------------------------------------------------------------------------------------------
@@ -448,7 +413,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         runs.append(run_estimator(
             "monte_carlo", lambda: monte_carlo(timed, args.scans, **common), timed, clock))
         rss.append(["after monte_carlo", peak_rss_mib()])
-    values_seen = sorted(timed.values)
+    values_seen = sorted({round(v, 9) for v in timed.recorded_values()})
     for r in runs:
         print(f"{r['estimator']}: {r['scans']} scans, {r['evals']} evaluations in {r['total_s']:.1f} s; estimator "
               f"overhead {r['estimator_ms_per_scan']:.2f} ms/scan = {r['estimator_overhead_pct']:.4f}% of forward")
@@ -457,13 +422,13 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     long_rows = []
     batches = [64] if args.quick else sorted({k, 64})  # K=64 keeps the smoke setting's long scans short
     for batch in batches:
-        lin = TimedGame(LinearGame(n, batch, args.seed))
+        lin = CountingGame(LinearGame(n, batch, args.seed))
         start = time.perf_counter()
         res = monte_carlo(lin, 1, seed=args.seed)
         total = time.perf_counter() - start
         long_rows.append([f"monte_carlo, 1 scan, K={batch}", "none", res.n_evals, total,
                           1e6 * (total - lin.seconds) / res.n_evals])
-    lin = TimedGame(LinearGame(n, batches[0], args.seed))
+    lin = CountingGame(LinearGame(n, batches[0], args.seed))
     start = time.perf_counter()
     res = tmab(lin, 10, max_evals=args.budget, seed=args.seed)
     total = time.perf_counter() - start
@@ -554,14 +519,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "budget_evals_done": budget_evals,
         "peak_rss_mib": peak_rss_mib(),
     }
-    config = {k_: (str(v) if isinstance(v, Path) else v) for k_, v in vars(args).items() if k_ != "ns"}
-    config["ns"] = ",".join(map(str, args.ns))
-    logged = report_experiment(
-        "scale", args.out, tables=tables, images={"bandit_scaling": png}, summary=summary, config=config,
-        header=header, wandb=not args.no_wandb, floats=",.10g",
-    )
+    config = plain_config(args, drop=["ns"]) | {"ns": ",".join(map(str, args.ns))}
+    logged = report("scale", args, wall, tables=tables, images={"bandit_scaling": png}, summary=summary,
+                    header=header, config=config, floats=",.10g")
     seconds = time.perf_counter() - wall
-    print(f"\nwrote {logged['markdown']} and {png} ({seconds:.0f} s in all)")
     return {
         "n_players": n,
         "conv_layers": len(players.layers),

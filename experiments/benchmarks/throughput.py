@@ -6,9 +6,9 @@ removal scan produces them (K consecutive coalitions of one random order) or uni
 measured with the shared prefix (``share_prefix=True``: layers below the first differing layer run once per
 chunk, activations below the first removed filter are cached) and without it.
 
-    python experiments/throughput.py                                  # digits CNN, 300-image batch
-    python experiments/throughput.py --model resnet18 --ks 1 --chunks 3 --kinds scan --seconds 1   # ResNet-18, 32x32
-    python experiments/throughput.py --model resnet18 --layers 'layer4.*' --ks 1 4 --chunks 3 --kinds scan
+    python -m experiments.benchmarks.throughput                        # digits CNN, 300-image batch
+    python -m experiments.benchmarks.throughput --model resnet18 --ks 1 --chunks 3 --kinds scan --seconds 1
+    python -m experiments.benchmarks.throughput --model resnet18 --layers 'layer4.*' --ks 1 4 --chunks 3 --kinds scan
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from torch import Tensor
 
 from nsl import AccuracyGame, FilterPlayers
 from nsl.data import load_digits_tensors
-from nsl.models import SmallCNN
-from nsl.models.zoo import resnet18
+from nsl.models import SmallCNN, resnet18
 
 
 def rate(fn: Callable[[], None], calls_per_run: int, min_seconds: float) -> float:

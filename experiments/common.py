@@ -1,0 +1,157 @@
+"""Scaffolding every experiment script shares, so a script holds only its study.
+
+- :func:`parser`: one ``argparse`` parser with the flags every script takes (``--seed``, ``--out``, ``--quick``,
+  ``--project``, ``--group``, ``--no-wandb``); a script adds its own.
+- :func:`check_positive`: the "must be a positive integer" check of parsed flags.
+- :func:`train_model`: the model of an ``nsl-train`` training variant (``nsl/conf/experiment/*.yaml``), fitted
+  exactly as the app fits it.
+- :func:`quiet_trainer`: a Trainer that only trains (scripts measure the model afterwards).
+- :func:`class_truncation`: when a class game may be truncated at v(∅).
+- :func:`removal_rows`, :func:`mean_rows`: metrics after pruning each ranking's first k filters (undone after),
+  and their mean over random rankings: the curves of the repair experiments.
+- :func:`save_figure` and :func:`report`: the figure, the markdown report and one W&B run, then one line saying
+  what was written.
+- :func:`run_script`: the ``__main__`` entry.
+
+Scripts run from the repository root as modules, e.g. ``python -m experiments.fairness_repair --quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from nsl import FilterPlayers, Game, prune_filters
+from nsl.report import report_experiment
+from nsl.train import QUIET, compose_config, fit_model
+
+PROJECT = "nsl-experiments"  # the W&B project every experiment logs to
+
+
+def parser(doc: str, name: str, *, quick: str = "tiny smoke setting (small model, seconds)") -> argparse.ArgumentParser:
+    """The parser of a script whose module docstring is ``doc``, with the shared flags already added."""
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("outputs") / name, help="where the report and figures go")
+    p.add_argument("--project", default=PROJECT, help="W&B project")
+    p.add_argument("--group", default=None, help="W&B group")
+    p.add_argument("--no-wandb", action="store_true", help="write the files only")
+    p.add_argument("--quick", action="store_true", help=quick)
+    return p
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Every named flag is a positive integer; ValueError naming the flag and its value otherwise."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={value} must be a positive integer.")
+
+
+def train_model(
+    experiment: str, *, epochs: int, seed: int, channels: Sequence[int] | None = None, overrides: Sequence[str] = ()
+) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """Fit the model of the training variant ``experiment`` for ``epochs`` epochs with ``seed`` (weights, data
+    order and data split), with SmallCNN ``channels`` when given; returns the model in eval mode and its data."""
+    options = [f"experiment={experiment}", f"trainer.max_epochs={epochs}", f"seed={seed}", f"data.seed={seed}"]
+    if channels is not None:
+        options.append(f"model.net.channels=[{','.join(map(str, channels))}]")
+    return fit_model(compose_config([*options, *overrides]))
+
+
+def quiet_trainer(max_epochs: int, **overrides: Any) -> L.Trainer:
+    """A CPU Trainer without logger, checkpoints, progress bar or model summary (``overrides`` win)."""
+    return L.Trainer(**{"max_epochs": max_epochs, "accelerator": "cpu", **QUIET, **overrides})
+
+
+def removal_rows(
+    model: nn.Module, players: FilterPlayers, order: Tensor, ks: Sequence[int], measure: Callable[[], dict[str, float]]
+) -> list[dict[str, float]]:
+    """``measure()`` after zeroing the first k filters of ``order`` with ``prune_filters`` (undone after), per k."""
+    rows = []
+    for k in ks:
+        pruned = prune_filters(model, players, order[:k]) if k else None
+        try:
+            rows.append(measure())
+        finally:
+            if pruned is not None:
+                pruned.undo()
+    return rows
+
+
+def mean_rows(runs: Sequence[list[dict[str, float]]]) -> list[dict[str, float]]:
+    """Entry-wise mean of several :func:`removal_rows` outputs (e.g. over random orders)."""
+    return [{key: sum(r[i][key] for r in runs) / len(runs) for key in runs[0][i]} for i in range(len(runs[0]))]
+
+
+def random_orders(n_players: int, count: int, seed: int) -> list[Tensor]:
+    """``count`` random orders of the players from one generator seeded with ``seed`` (the global RNG untouched)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n_players, generator=generator) for _ in range(count)]
+
+
+def class_truncation(game: Game, level: float = 0.25) -> float | None:
+    """TMAB truncation for a class game: ``level``, or None when the empty network already predicts that class.
+
+    Then v(∅) is about as high as v(N), and "the value has fallen to v(∅)" no longer means the class is lost.
+    """
+    full, empty = game.full_value(), game.empty_value()
+    return level if abs(full - empty) > 0.5 * abs(full) else None
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Lay out, write and close a pyplot figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plain_config(args: argparse.Namespace, drop: Sequence[str] = ()) -> dict[str, Any]:
+    """The parsed flags as W&B config values: tuples as lists, paths as strings."""
+    config = {}
+    for key, value in vars(args).items():
+        if key in drop:
+            continue
+        config[key] = list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
+    return config
+
+
+def report(
+    name: str,
+    args: argparse.Namespace,
+    start: float,
+    *,
+    tables: Mapping[str, tuple[Sequence[str], Sequence[Sequence[Any]]]],
+    images: Mapping[str, Path],
+    summary: Mapping[str, float],
+    header: str,
+    config: Mapping[str, Any] | None = None,
+    floats: str = ".3f",
+) -> dict[str, Any]:
+    """Write ``<out>/<name>.md`` and log tables, images, summary and flags to one W&B run (unless ``--no-wandb``);
+    print what was written. Returns ``{"markdown": path, "wandb_dir": run dir or None}``."""
+    paths = report_experiment(
+        name, args.out, tables=tables, images=images, summary=summary,
+        config=plain_config(args) if config is None else config, header=header, project=args.project,
+        group=args.group, wandb=not args.no_wandb, floats=floats,
+    )
+    written = ", ".join(str(p) for p in [paths["markdown"], *images.values()])
+    print(f"\nwrote {written} ({time.perf_counter() - start:.0f} s in all)")
+    return paths
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """The ``__main__`` entry of a script: TF32-style matmuls where the hardware has them, then ``main()``."""
+    torch.set_float32_matmul_precision("high")
+    main()
