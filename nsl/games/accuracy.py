@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from nsl.games.base import EvalData, ModelGame
+from nsl.games.base import EvalData, ModelGame, Share
 from nsl.games.registry import GAMES
 from nsl.players import FilterPlayers, preserve_mode
 from nsl.validation import check_choice
@@ -70,11 +70,7 @@ class AccuracyGame(ModelGame):
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        players: FilterPlayers,
-        inputs: Tensor,
-        targets: Tensor,
+        self, model: nn.Module, players: FilterPlayers, inputs: Tensor, targets: Tensor,
         *,
         metric: Metric = "accuracy",
         **kwargs,
@@ -102,29 +98,16 @@ class ClassGame(AccuracyGame):
         return kind if index is None else f"{kind}_{index}"
 
     @classmethod
-    def from_data(
-        cls,
-        model: nn.Module,
-        players: FilterPlayers,
-        data: EvalData,
-        *,
-        seed: int = 0,
-        share: Callable[[Any], Any] | None = None,
-        **options: Any,
-    ) -> ClassGame:
-        class_index = options.pop("class_index", None)
-        if class_index is None:
-            class_index = worst_class(model, data.inputs, data.targets)
-            if share is not None:
-                class_index = share(class_index)
-        return cls(model, players, data.inputs, data.targets, int(class_index), **options)
+    def data_options(
+        cls, model: nn.Module, data: EvalData, options: dict[str, Any], *, seed: int, share: Share | None
+    ) -> dict[str, Any]:
+        if options.get("class_index") is None:
+            index = worst_class(model, data.inputs, data.targets)
+            options["class_index"] = int(share(index) if share is not None else index)
+        return options
 
     def __init__(
-        self,
-        model: nn.Module,
-        players: FilterPlayers,
-        inputs: Tensor,
-        targets: Tensor,
+        self, model: nn.Module, players: FilterPlayers, inputs: Tensor, targets: Tensor,
         class_index: int,
         *,
         metric: Metric = "accuracy",

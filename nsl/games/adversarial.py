@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,7 +9,7 @@ from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from nsl.games.attacks import ATTACKS, linf_attack
-from nsl.games.base import EvalData, ModelGame
+from nsl.games.base import EvalData, ModelGame, Share
 from nsl.games.registry import GAMES
 from nsl.players import FilterPlayers
 from nsl.validation import check_choice, check_number
@@ -46,27 +45,16 @@ class AdversarialGame(ModelGame):
     measures_defect = True
 
     @classmethod
-    def from_data(
-        cls,
-        model: nn.Module,
-        players: FilterPlayers,
-        data: EvalData,
-        *,
-        seed: int = 0,
-        share: Callable[[Any], Any] | None = None,
-        **options: Any,
-    ) -> AdversarialGame:
-        game = cls(model, players, data.inputs, data.targets, **{"seed": seed, **options})
-        if share is not None:  # the attack's floating point differs between ranks; rank 0's examples rule
-            game.inputs = share(game.inputs.cpu()).to(game.device)
-        return game
+    def data_options(
+        cls, model: nn.Module, data: EvalData, options: dict[str, Any], *, seed: int, share: Share | None
+    ) -> dict[str, Any]:
+        return {"seed": seed, **options}
+
+    def share_with_ranks(self, share: Share) -> None:
+        self.inputs = share(self.inputs.cpu()).to(self.device)  # the attack's floating point differs by rank
 
     def __init__(
-        self,
-        model: nn.Module,
-        players: FilterPlayers,
-        inputs: Tensor,
-        targets: Tensor,
+        self, model: nn.Module, players: FilterPlayers, inputs: Tensor, targets: Tensor,
         *,
         attack: str = "pgd",
         eps: float = 16 / 255,

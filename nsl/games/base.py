@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from nsl.players import FilterPlayers, preserve_mode
 from nsl.validation import check_int
 
+Share = Callable[[Any], Any]  # under DDP: an object -> rank 0's copy of it (a broadcast)
 MAX_INPUT_VALUES = 1 << 22  # bound on K·B·(values per input) per pass: ~7 coalitions of 2 Inception images
 
 
@@ -78,8 +79,9 @@ class ModelGame:
     A subclass declares what the callback needs to know about it as class attributes (see the registry,
     :data:`nsl.games.GAMES`): which end of the ranking holds its culprits, which tail an estimator should
     resolve, which optional evaluation data it needs, and whether it measures a defect a repair removes.
-    :meth:`from_data` builds it from an :class:`EvalData`; override it when the game chooses something from
-    the data (a class, attack examples) that every DDP rank must share.
+    :meth:`from_data` builds it from an :class:`EvalData`; a game that chooses something from the data (a
+    class, attack examples) does it in :meth:`data_options` / :meth:`share_with_ranks`, so every DDP rank
+    plays the same game.
 
     Args:
         model: the trained network (left exactly as it was after every call).
@@ -117,13 +119,7 @@ class ModelGame:
 
     @classmethod
     def from_data(
-        cls,
-        model: nn.Module,
-        players: FilterPlayers,
-        data: EvalData,
-        *,
-        seed: int = 0,
-        share: Callable[[Any], Any] | None = None,
+        cls, model: nn.Module, players: FilterPlayers, data: EvalData, *, seed: int = 0, share: Share | None = None,
         **options: Any,
     ) -> ModelGame:
         """The game on ``data``. ``seed`` seeds any randomness of the game; ``share`` (under DDP: broadcast from
@@ -136,14 +132,24 @@ class ModelGame:
                     f"data=(x, y, {name})."
                 )
         extra = [getattr(data, name) for name in cls.required_data]
-        return cls(model, players, data.inputs, data.targets, *extra, **options)
+        options = cls.data_options(model, data, dict(options), seed=seed, share=share)
+        game = cls(model, players, data.inputs, data.targets, *extra, **options)
+        if share is not None:
+            game.share_with_ranks(share)
+        return game
+
+    @classmethod
+    def data_options(
+        cls, model: nn.Module, data: EvalData, options: dict[str, Any], *, seed: int, share: Share | None
+    ) -> dict[str, Any]:
+        """The constructor options for ``data``: ``options`` completed with what the game chooses from it."""
+        return options
+
+    def share_with_ranks(self, share: Share) -> None:
+        """Under DDP, replace what this rank computed differently (e.g. attack examples) by rank 0's."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        players: FilterPlayers,
-        inputs: Tensor,
-        targets: Tensor,
+        self, model: nn.Module, players: FilterPlayers, inputs: Tensor, targets: Tensor,
         *,
         chunk_size: int | None = None,
         max_rows: int = 1024,

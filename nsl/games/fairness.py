@@ -40,11 +40,7 @@ class FairnessGame(ModelGame):
     measures_defect = True
 
     def __init__(
-        self,
-        model: nn.Module,
-        players: FilterPlayers,
-        inputs: Tensor,
-        targets: Tensor,
+        self, model: nn.Module, players: FilterPlayers, inputs: Tensor, targets: Tensor,
         groups: Tensor,
         *,
         metric: str = "worst_group_accuracy",
