@@ -8,16 +8,23 @@ from torch.utils.data import DataLoader, Dataset
 
 
 class SplitDataModule(L.LightningDataModule):
-    """Subclasses set ``batch_size``, ``seed`` and ``num_workers`` and implement ``_dataset(split)``.
+    """Train/val/test loaders over ``_dataset(split)``, which subclasses implement.
 
     Validation and test loaders are never shuffled, so the NeuronShapley callback's evaluation subset (the
     first examples of the validation data) is the same at every run; the training shuffle has its own
     generator, so building loaders never draws from the global RNG.
+
+    Args:
+        batch_size: training and evaluation batch size.
+        seed: seeds the training shuffle (subclasses also fix their split with it).
+        num_workers: DataLoader workers.
     """
 
-    batch_size: int
-    seed: int
-    num_workers: int
+    def __init__(self, batch_size: int, seed: int, num_workers: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
 
     def _dataset(self, split: str) -> Dataset:
         raise NotImplementedError

@@ -47,12 +47,9 @@ class DigitsDataModule(SplitDataModule):
     def __init__(
         self, batch_size: int = 64, val_size: int = 300, test_size: int = 300, seed: int = 0, num_workers: int = 0
     ) -> None:
-        super().__init__()
-        self.batch_size = batch_size
+        super().__init__(batch_size, seed, num_workers)
         self.val_size = val_size
         self.test_size = test_size
-        self.seed = seed
-        self.num_workers = num_workers
         self.num_classes = 10
 
     def tensors(self, split: str) -> tuple[Tensor, Tensor]:

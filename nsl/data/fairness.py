@@ -16,8 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from nsl.data.base import SplitDataModule
-from nsl.data.digits import SPLITS, load_digits_tensors
+from nsl.data.digits import SPLITS, DigitsDataModule, load_digits_tensors
 
 NUM_CLASSES = 10
 
@@ -39,13 +38,8 @@ def _assign_groups(labels: Tensor, shares: Tensor, generator: torch.Generator) -
 
 
 def load_fair_digits_tensors(
-    split: str = "train",
-    val_size: int = 300,
-    test_size: int = 300,
-    seed: int = 0,
-    minority_labels: Sequence[int] = (0, 1, 2, 3, 4),
-    minority_share: float = 0.5,
-    rare_share: float = 0.03,
+    split: str = "train", val_size: int = 300, test_size: int = 300, seed: int = 0,
+    minority_labels: Sequence[int] = (0, 1, 2, 3, 4), minority_share: float = 0.5, rare_share: float = 0.03,
     eval_share: float = 0.5,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Images (n, 1, 8, 8) in [0, 1], labels (n,) and groups (n,) of one split, fixed by ``seed``.
@@ -81,7 +75,7 @@ def load_fair_digits_tensors(
     return images, labels, groups
 
 
-class FairDigitsDataModule(SplitDataModule):
+class FairDigitsDataModule(DigitsDataModule):
     """Loaders of (image, label) batches over fair digits, plus the groups of the val/test images.
 
     The loaders yield ``(x, y)`` so that any classifier (e.g. :class:`~nsl.models.Classifier`) trains on
@@ -122,12 +116,7 @@ class FairDigitsDataModule(SplitDataModule):
         rare_share: float = 0.03,
         eval_share: float = 0.5,
     ) -> None:
-        super().__init__()
-        self.batch_size = batch_size
-        self.val_size = val_size
-        self.test_size = test_size
-        self.seed = seed
-        self.num_workers = num_workers
+        super().__init__(batch_size, val_size, test_size, seed, num_workers)
         self.minority_labels = tuple(int(c) for c in minority_labels)
         self.minority_share = minority_share
         self.rare_share = rare_share

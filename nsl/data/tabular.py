@@ -7,12 +7,13 @@ and fixed by ``seed``; everything ships inside scikit-learn, nothing is download
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from sklearn.datasets import load_breast_cancer, load_wine
 from sklearn.model_selection import train_test_split
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from nsl.data.base import SplitDataModule
 
 LOADERS = {"breast_cancer": load_breast_cancer, "wine": load_wine}
 SPLITS = ("train", "val", "test")
@@ -59,7 +60,7 @@ def _splits(name: str, val_size: float, test_size: float, seed: int):
     return xs, ys, meta
 
 
-class TabularDataModule(L.LightningDataModule):
+class TabularDataModule(SplitDataModule):
     """Train/val/test loaders over a standardised scikit-learn tabular data set.
 
     Args:
@@ -82,13 +83,10 @@ class TabularDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, seed, num_workers)
         self.name = name
-        self.batch_size = batch_size
         self.val_size = val_size
         self.test_size = test_size
-        self.seed = seed
-        self.num_workers = num_workers
         self._x, self._y, meta = _splits(name, val_size, test_size, seed)
         self.feature_names: list[str] = meta["feature_names"]
         self.mean: Tensor = meta["mean"]
@@ -102,24 +100,8 @@ class TabularDataModule(L.LightningDataModule):
             raise ValueError(f"split={split!r} is not one of {SPLITS}.")
         return self._x[split], self._y[split]
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            TensorDataset(*self.tensors(split)),
-            self.batch_size,
-            shuffle=shuffle,
-            generator=gen,
-            num_workers=self.num_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+    def _dataset(self, split: str) -> TensorDataset:
+        return TensorDataset(*self.tensors(split))
 
 
 class BreastCancerDataModule(TabularDataModule):

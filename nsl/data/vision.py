@@ -10,16 +10,16 @@ import pickle
 from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, CelebA
 from torchvision.datasets.utils import check_integrity
 
 from nsl.data.base import SplitDataModule
+from nsl.validation import check_int
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -99,7 +99,19 @@ def _check_cifar10_present(root: str | Path) -> None:
         raise _missing("CIFAR-10", root, folder, f" with {', '.join(absent)}")
 
 
-class CIFAR10DataModule(SplitDataModule):
+class TorchvisionDataModule(SplitDataModule):
+    """A data set read by torchvision from ``root`` (fetched there with ``download``), optionally augmented."""
+
+    def __init__(
+        self, root: str | Path, download: bool, augment: bool, batch_size: int, seed: int, num_workers: int
+    ) -> None:
+        super().__init__(batch_size, seed, num_workers)
+        self.root = Path(root)
+        self.download = download
+        self.augment = augment
+
+
+class CIFAR10DataModule(TorchvisionDataModule):
     """CIFAR-10 from ``root``: a seeded train/val split of the 50,000 training images; the 10,000 test images.
 
     Images are normalised with the CIFAR-10 channel statistics; training images are also randomly cropped
@@ -137,16 +149,9 @@ class CIFAR10DataModule(SplitDataModule):
         augment: bool = True,
         verify: bool = True,
     ) -> None:
-        super().__init__()
-        if val_size < 1:
-            raise ValueError(f"val_size={val_size} must be >= 1.")
-        self.root = Path(root)
-        self.download = download
-        self.batch_size = batch_size
+        super().__init__(root, download, augment, batch_size, seed, num_workers)
+        check_int("val_size", val_size, low=1)
         self.val_size = val_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.augment = augment
         self.verify = verify
         self.num_classes = 10
         self.classes: list[str] = []
@@ -199,7 +204,7 @@ class _AttributePair(Dataset):
         return image, attrs[self.attr_index].long()
 
 
-class CelebADataModule(L.LightningDataModule):
+class CelebADataModule(TorchvisionDataModule):
     """CelebA from ``root``: predict ``target_attr`` from the face; ``sensitive_attr`` gives the groups.
 
     Loaders yield ``(x, y)`` with y the 0/1 target attribute, over CelebA's official train/valid/test
@@ -234,7 +239,7 @@ class CelebADataModule(L.LightningDataModule):
         augment: bool = True,
         max_samples: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(root, download, augment, batch_size, seed, num_workers)
         for name, value in (("target_attr", target_attr), ("sensitive_attr", sensitive_attr)):
             if value not in CELEBA_ATTRIBUTES:
                 raise ValueError(
@@ -242,19 +247,11 @@ class CelebADataModule(L.LightningDataModule):
                 )
         if target_attr == sensitive_attr:
             raise ValueError(f"target_attr and sensitive_attr are both {target_attr!r}; they must differ.")
-        if image_size < 8:
-            raise ValueError(f"image_size={image_size} must be >= 8.")
-        if max_samples is not None and max_samples < 1:
-            raise ValueError(f"max_samples={max_samples} must be None or >= 1.")
-        self.root = Path(root)
-        self.download = download
+        check_int("image_size", image_size, low=8)
+        check_int("max_samples", max_samples, low=1, optional=True)
         self.target_attr = target_attr
         self.sensitive_attr = sensitive_attr
         self.image_size = image_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.augment = augment
         self.max_samples = max_samples
         self.num_classes = 2
         base = [transforms.CenterCrop(178), transforms.Resize(image_size), transforms.ToTensor()]
@@ -312,17 +309,6 @@ class CelebADataModule(L.LightningDataModule):
         self.setup()
         return self._groups["test"]
 
-    def train_dataloader(self) -> DataLoader:
+    def _dataset(self, split: str) -> Dataset:
         self.setup()
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self._data["train"], self.batch_size, shuffle=True, generator=gen, num_workers=self.num_workers
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(self._data["val"], self.batch_size, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(self._data["test"], self.batch_size, num_workers=self.num_workers)
+        return self._data[split]
