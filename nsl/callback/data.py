@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from nsl.callback.specs import EvalData
+from nsl.games import EvalData
 
 _INPUT_KEYS = ("x", "input", "inputs", "image", "images")
 _TARGET_KEYS = ("y", "target", "targets", "label", "labels")

@@ -345,14 +345,13 @@ def report_games(specs: list[GameSpec], model: L.LightningModule, data: EvalData
     same examples are attacked again after it (the paper's Fig. 3c).
     """
     players = FilterPlayers(model)
+    labels = {spec.name if spec.name == spec.kind else f"{spec.name} ({spec.kind})": g for g, spec in enumerate(specs)}
     games: dict[str, ModelGame] = {}
-    if not any(s.kind == "accuracy" and not s.options for s in specs):
+    if "accuracy" not in labels:  # overall accuracy is always reported, first
         games["accuracy"] = AccuracyGame(model, players, data.inputs, data.targets)
-    for g, spec in enumerate(specs):
-        if not data.has(spec.game_class.required_data):
-            continue
-        label = spec.name if spec.name == spec.kind else f"{spec.name} ({spec.kind})"
-        games[label] = spec.build(model, players, data, seed=seed + g)
+    for label, g in labels.items():
+        if data.has(specs[g].game_class.required_data):
+            games[label] = specs[g].build(model, players, data, seed=seed + g)
     return games
 
 

@@ -93,10 +93,7 @@ class HarsanyiLayer(nn.Module):
         in_features: int,
         out_features: int,
         *,
-        beta: float = 10.0,
-        gamma: float = 100.0,
-        act_ratio: float = 0.1,
-        initial_tau: float = 1.0,
+        beta: float = 10.0, gamma: float = 100.0, act_ratio: float = 0.1, initial_tau: float = 1.0,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -142,10 +139,7 @@ class HarsanyiNet(nn.Module):
         num_classes: int,
         hidden: Sequence[int] = (64, 64),
         *,
-        beta: float = 10.0,
-        gamma: float = 100.0,
-        act_ratio: float = 0.1,
-        initial_tau: float = 1.0,
+        beta: float = 10.0, gamma: float = 100.0, act_ratio: float = 0.1, initial_tau: float = 1.0,
     ) -> None:
         super().__init__()
         _check_positive("in_features", in_features)
@@ -251,10 +245,7 @@ class HarsanyiConvLayer(nn.Module):
         out_channels: int,
         grid: tuple[int, int],
         *,
-        beta: float = 10.0,
-        gamma: float = 1.0,
-        act_ratio: float = 0.5,
-        initial_tau: float = 1.0,
+        beta: float = 10.0, gamma: float = 1.0, act_ratio: float = 0.5, initial_tau: float = 1.0,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.grid = in_channels, out_channels, tuple(grid)
@@ -322,10 +313,7 @@ class HarsanyiCNN(nn.Module):
         num_layers: int = 2,
         *,
         stem_pool: bool = False,
-        beta: float = 10.0,
-        gamma: float = 1.0,
-        act_ratio: float = 0.5,
-        initial_tau: float = 1.0,
+        beta: float = 10.0, gamma: float = 1.0, act_ratio: float = 0.5, initial_tau: float = 1.0,
     ) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
