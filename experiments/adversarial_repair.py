@@ -28,20 +28,9 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from experiments.common import (
-    check_positive,
-    mean_rows,
-    parser,
-    random_orders,
-    removal_rows,
-    report,
-    run_script,
-    save_figure,
-    train_model,
-)
+from experiments import common
 from nsl import FilterPlayers, tmab
 from nsl.games import AccuracyGame, AdversarialGame
-from nsl.report import markdown, parse_counts
 
 NAME = "adversarial_repair"
 KS = (0, 1, 2, 3, 5, 8, 10)
@@ -49,25 +38,14 @@ METRICS = ("transfer", "adaptive", "clean")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, 1 epoch)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--top-k", type=int, default=10, help="top contributors TMAB separates")
-    p.add_argument("--max-evals", type=int, default=3000, help="TMAB budget (coalitions evaluated)")
+    p = common.parser(__doc__, NAME, quick="tiny smoke setting (small model, 1 epoch)")
+    common.add_removal_flags(p, KS, top_k_help="top contributors TMAB separates", n_random=3)
     p.add_argument("--eps", type=float, default=32 / 255, help="L-inf radius of the PGD attack")
     p.add_argument("--steps", type=int, default=30, help="PGD steps")
-    p.add_argument("--ks", type=str, default=",".join(map(str, KS)), help="filters removed, comma-separated")
-    p.add_argument("--n-random", type=int, default=3, help="random removals averaged for the control")
-    args = p.parse_args(argv)
-    args.channels = (24, 32, 48)
-    if args.quick:
-        args.epochs, args.max_evals, args.n_random, args.top_k, args.steps = 1, 60, 1, 3, 5
-        args.ks, args.channels = "0,1,3", (4, 6, 8)
-    args.ks = parse_counts(args.ks)
-    check_positive(args, "epochs", "top_k", "max_evals", "n_random", "steps")
+    quick = {"epochs": 1, "max_evals": 60, "n_random": 1, "top_k": 3, "steps": 5}
+    args = common.parse_removal_args(p, argv, quick=quick, positive=("steps",))
     if not 0 < args.eps <= 1:
         raise ValueError(f"--eps={args.eps} must be an L-inf radius in (0, 1] (inputs lie in [0, 1]).")
-    if args.ks[-1] > sum(args.channels):
-        raise ValueError(f"--ks asks to remove {args.ks[-1]} filters; the model has only {sum(args.channels)}.")
     return args
 
 
@@ -93,14 +71,14 @@ def plot(ks: tuple[int, ...], curves: dict[str, list[dict[str, float]]], path: P
             ax.plot(ks, [r[m] for r in rows], ls, color=colors[m], marker="o", ms=3, label=f"{method}: {labels[m]}")
     ax.set(xlabel="filters removed (k)", ylabel="rate on test images", title=title, ylim=(-0.02, 1.02))
     ax.legend(fontsize=7, handlelength=3.5)
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the experiment; returns the per-method metrics for every k and the report paths (for tests)."""
     args = parse(argv)
     start = time.perf_counter()
-    model, dm = train_model("digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
+    model, dm = common.train_model("digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
     (x_val, y_val), (x_test, y_test) = dm.tensors("val"), dm.tensors("test")
     players = FilterPlayers(model)
     attack = {"attack": "pgd", "eps": args.eps, "steps": args.steps, "targeted": True}
@@ -120,9 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def measure() -> dict[str, float]:
         return attack_metrics(transfer, clean, test_attack)
 
-    curves = {"tmab": removal_rows(model, players, culprits, args.ks, measure)}
-    randoms = random_orders(len(players), args.n_random, args.seed + 2)
-    curves["random"] = mean_rows([removal_rows(model, players, order, args.ks, measure) for order in randoms])
+    curves = common.ranking_curves(model, players, {"tmab": culprits}, args.ks, measure, n_random=args.n_random,
+                                   seed=args.seed + 2)
 
     tm, rnd = curves["tmab"], curves["random"]
     order = culprits.tolist()
@@ -151,25 +128,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{tm[-1]['adaptive']:.3f} (random {rnd[-1]['adaptive']:.3f}), clean {tm[-1]['clean']:.3f} "
         f"(random {rnd[-1]['clean']:.3f})."
     )
-    print("\n" + header + "\n\n" + markdown(columns, rows, floats=".3f"))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    png = args.out / f"{NAME}.png"
+    png = common.png_path(args, NAME)
     plot(args.ks, curves, png, f"digits: removing the attack's top contributors ({len(players)} filters)")
-    summary = {
-        "transfer_before": before["transfer"],
-        "transfer_after": tm[-1]["transfer"],
-        "adaptive_after": tm[-1]["adaptive"],
-        "clean_before": before["clean"],
-        "clean_after": tm[-1]["clean"],
-        "random_transfer_after": rnd[-1]["transfer"],
-        "tmab_evals": float(result.n_evals),
-        "seconds": time.perf_counter() - start,
-    }
-    paths = report(NAME, args, start, tables=tables, images={"attack_success_vs_k": png}, summary=summary,
+    summary = {f"{m}_before": before[m] for m in METRICS} | {f"{m}_after": tm[-1][m] for m in METRICS}
+    summary |= {"random_transfer_after": rnd[-1]["transfer"], "tmab_evals": float(result.n_evals),
+                "seconds": time.perf_counter() - start}
+    paths = common.report(NAME, args, start, tables=tables, images={"attack_success_vs_k": png}, summary=summary,
                    header=header)
     return {"ks": args.ks, "curves": curves, "result": result, "summary": summary, **paths}
 
 
 if __name__ == "__main__":
-    run_script(main)
+    common.run_script(main)

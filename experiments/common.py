@@ -2,14 +2,17 @@
 
 - :func:`parser`: one ``argparse`` parser with the flags every script takes (``--seed``, ``--out``, ``--quick``,
   ``--project``, ``--group``, ``--no-wandb``); a script adds its own.
-- :func:`check_positive`: the "must be a positive integer" check of parsed flags.
+- :func:`parse_args` (``--quick`` settings, SmallCNN ``channels``), :func:`check_positive`; the repair
+  experiments' flags: :func:`add_removal_flags`, :func:`parse_removal_args`.
 - :func:`train_model`: the model of an ``nsl-train`` training variant (``nsl/conf/experiment/*.yaml``), fitted
-  exactly as the app fits it.
+  exactly as the app fits it; :func:`trained_digits`: the digits model with its players and validation images.
 - :func:`quiet_trainer`: a Trainer that only trains (scripts measure the model afterwards).
 - :func:`class_truncation`: when a class game may be truncated at v(∅).
-- :func:`removal_rows`, :func:`mean_rows`: metrics after pruning each ranking's first k filters (undone after),
-  and their mean over random rankings: the curves of the repair experiments.
-- :func:`save_figure` and :func:`report`: the figure, the markdown report and one W&B run, then one line saying
+- :func:`ranking_curves` (:func:`removal_rows`, :func:`mean_rows`): metrics after pruning each ranking's first k
+  filters (undone after), and their mean over random rankings: the curves of the repair experiments.
+- :func:`torch_threads`: pinned torch threads for a benchmark.
+- :func:`png_path`, :func:`save_figure`, :func:`report`: the figure, the markdown report and one W&B run, then a line
+  saying
   what was written.
 - :func:`run_script`: the ``__main__`` entry.
 
@@ -20,7 +23,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +34,12 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from nsl import FilterPlayers, Game, prune_filters
-from nsl.report import report_experiment
+from nsl.data import load_digits_tensors
+from nsl.report import parse_counts, report_experiment
 from nsl.train import QUIET, compose_config, fit_model
 
 PROJECT = "nsl-experiments"  # the W&B project every experiment logs to
+DIGITS_CHANNELS = (24, 32, 48)  # the digits SmallCNN of the paper experiments (104 filters)
 
 
 def parser(doc: str, name: str, *, quick: str = "tiny smoke setting (small model, seconds)") -> argparse.ArgumentParser:
@@ -46,6 +52,46 @@ def parser(doc: str, name: str, *, quick: str = "tiny smoke setting (small model
     p.add_argument("--no-wandb", action="store_true", help="write the files only")
     p.add_argument("--quick", action="store_true", help=quick)
     return p
+
+
+def parse_args(
+    p: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    *,
+    quick: Mapping[str, Any] = {},
+    quick_channels: tuple[int, ...] = (6, 8, 10),
+    positive: Sequence[str] = (),
+) -> argparse.Namespace:
+    """Parse ``argv``; set ``args.channels`` (SmallCNN's, smaller with ``--quick``); with ``--quick`` apply the
+    ``quick`` settings (a value, or a function of the flag's value); check the ``positive`` flags."""
+    args = p.parse_args(argv)
+    args.channels = quick_channels if args.quick else DIGITS_CHANNELS
+    if args.quick:
+        for key, value in quick.items():
+            setattr(args, key, value(getattr(args, key)) if callable(value) else value)
+    check_positive(args, *positive)
+    return args
+
+
+def add_removal_flags(p: argparse.ArgumentParser, ks: Sequence[int], *, top_k_help: str, n_random: int) -> None:
+    """The flags of a repair experiment: training, TMAB budget, the filters removed (``--ks``), random controls."""
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--top-k", type=int, default=10, help=top_k_help)
+    p.add_argument("--max-evals", type=int, default=3000, help="TMAB budget (coalitions evaluated)")
+    p.add_argument("--ks", type=str, default=",".join(map(str, ks)), help="filters removed, comma-separated")
+    p.add_argument("--n-random", type=int, default=n_random, help="random removals averaged for the control")
+
+
+def parse_removal_args(
+    p: argparse.ArgumentParser, argv: Sequence[str] | None, *, quick: Mapping[str, Any], positive: Sequence[str] = ()
+) -> argparse.Namespace:
+    """:func:`parse_args` for :func:`add_removal_flags`: ``--ks`` parsed, and no more removals than filters."""
+    args = parse_args(p, argv, quick={"ks": "0,1,3", **quick}, quick_channels=(4, 6, 8),
+                      positive=("epochs", "top_k", "max_evals", "n_random", *positive))
+    args.ks = parse_counts(args.ks)
+    if args.ks[-1] > sum(args.channels):
+        raise ValueError(f"--ks asks to remove {args.ks[-1]} filters; the model has only {sum(args.channels)}.")
+    return args
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
@@ -65,6 +111,31 @@ def train_model(
     if channels is not None:
         options.append(f"model.net.channels=[{','.join(map(str, channels))}]")
     return fit_model(compose_config([*options, *overrides]))
+
+
+def trained_digits(args: argparse.Namespace) -> tuple[L.LightningModule, FilterPlayers, Tensor, Tensor]:
+    """The ``digits_cnn`` model trained as the flags say (``--epochs``, ``--seed``, ``channels``), its filters as
+    players, and the first ``--eval-size`` validation images and labels it is analysed on."""
+    model, _ = train_model("digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
+    x, y = load_digits_tensors("val", val_size=args.eval_size, seed=args.seed)
+    return model, FilterPlayers(model), x, y
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (benchmarks pin them), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def png_path(args: argparse.Namespace, name: str) -> Path:
+    """``<--out>/<name>.png``, with the folder made."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args.out / f"{name}.png"
 
 
 def quiet_trainer(max_epochs: int, **overrides: Any) -> L.Trainer:
@@ -90,6 +161,23 @@ def removal_rows(
 def mean_rows(runs: Sequence[list[dict[str, float]]]) -> list[dict[str, float]]:
     """Entry-wise mean of several :func:`removal_rows` outputs (e.g. over random orders)."""
     return [{key: sum(r[i][key] for r in runs) / len(runs) for key in runs[0][i]} for i in range(len(runs[0]))]
+
+
+def ranking_curves(
+    model: nn.Module,
+    players: FilterPlayers,
+    rankings: Mapping[str, Tensor],
+    ks: Sequence[int],
+    measure: Callable[[], dict[str, float]],
+    *,
+    n_random: int,
+    seed: int,
+) -> dict[str, list[dict[str, float]]]:
+    """:func:`removal_rows` for each ranking, and under ``"random"`` their mean over ``n_random`` random orders."""
+    curves = {name: removal_rows(model, players, order, ks, measure) for name, order in rankings.items()}
+    randoms = random_orders(len(players), n_random, seed)
+    curves["random"] = mean_rows([removal_rows(model, players, order, ks, measure) for order in randoms])
+    return curves
 
 
 def random_orders(n_players: int, count: int, seed: int) -> list[Tensor]:
@@ -140,12 +228,13 @@ def report(
     floats: str = ".3f",
 ) -> dict[str, Any]:
     """Write ``<out>/<name>.md`` and log tables, images, summary and flags to one W&B run (unless ``--no-wandb``);
-    print what was written. Returns ``{"markdown": path, "wandb_dir": run dir or None}``."""
+    print the report and what was written. Returns ``{"markdown": path, "wandb_dir": run dir or None}``."""
     paths = report_experiment(
         name, args.out, tables=tables, images=images, summary=summary,
         config=plain_config(args) if config is None else config, header=header, project=args.project,
         group=args.group, wandb=not args.no_wandb, floats=floats,
     )
+    print("\n" + paths["markdown"].read_text())
     written = ", ".join(str(p) for p in [paths["markdown"], *images.values()])
     print(f"\nwrote {written} ({time.perf_counter() - start:.0f} s in all)")
     return paths

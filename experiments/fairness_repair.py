@@ -23,43 +23,19 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor, nn
 
-from experiments.common import (
-    check_positive,
-    mean_rows,
-    parser,
-    random_orders,
-    removal_rows,
-    report,
-    run_script,
-    save_figure,
-    train_model,
-)
+from experiments import common
 from nsl import AccuracyGame, FilterPlayers, tmab
 from nsl.baselines import baseline_result
 from nsl.games import FairnessGame
-from nsl.report import markdown, parse_counts
 
 NAME = "fairness_repair"
 KS = (0, 1, 2, 3, 5, 8, 10)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, 1 epoch)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--top-k", type=int, default=10, help="culprits TMAB separates (bottom tail)")
-    p.add_argument("--max-evals", type=int, default=3000, help="TMAB budget (coalitions evaluated)")
-    p.add_argument("--ks", type=str, default=",".join(map(str, KS)), help="filters removed, comma-separated")
-    p.add_argument("--n-random", type=int, default=5, help="random removals averaged for the control")
-    args = p.parse_args(argv)
-    args.channels = (24, 32, 48)
-    if args.quick:
-        args.epochs, args.max_evals, args.n_random, args.top_k = 1, 60, 2, 3
-        args.ks, args.channels = "0,1,3", (4, 6, 8)
-    args.ks = parse_counts(args.ks)
-    check_positive(args, "epochs", "top_k", "max_evals", "n_random")
-    if args.ks[-1] > sum(args.channels):
-        raise ValueError(f"--ks asks to remove {args.ks[-1]} filters; the model has only {sum(args.channels)}.")
-    return args
+    p = common.parser(__doc__, NAME, quick="tiny smoke setting (small model, 1 epoch)")
+    common.add_removal_flags(p, KS, top_k_help="culprits TMAB separates (bottom tail)", n_random=5)
+    return common.parse_removal_args(p, argv, quick={"epochs": 1, "max_evals": 60, "n_random": 2, "top_k": 3})
 
 
 def group_games(model: nn.Module, players: FilterPlayers, x: Tensor, y: Tensor, groups: Tensor) -> dict[str, Any]:
@@ -86,14 +62,14 @@ def plot(ks: tuple[int, ...], curves: dict[str, list[dict[str, float]]], path: P
     left.legend(fontsize=7, handlelength=3.5)
     right.legend(fontsize=7, handlelength=3.5)
     fig.suptitle(title)
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the experiment; returns the per-method metrics for every k and the report paths (for tests)."""
     args = parse(argv)
     start = time.perf_counter()
-    model, dm = train_model("fair_digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
+    model, dm = common.train_model("fair_digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
     x_val, y_val, g_val = dm.tensors("val")
     test = dm.tensors("test")
     players = FilterPlayers(model)
@@ -112,9 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {key: g.full_value() for key, g in games.items()}
 
     orders = {"tmab": result.culprits(k_max, negative=True), "leave_one_out": loo.culprits(k_max, negative=True)}
-    curves = {name: removal_rows(model, players, order, args.ks, measure) for name, order in orders.items()}
-    randoms = random_orders(len(players), args.n_random, args.seed + 1)
-    curves["random"] = mean_rows([removal_rows(model, players, order, args.ks, measure) for order in randoms])
+    curves = common.ranking_curves(model, players, orders, args.ks, measure, n_random=args.n_random, seed=args.seed + 1)
 
     culprits = orders["tmab"].tolist()
     tmab_rows = [
@@ -139,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             compare_rows,
         ),
     }
+    png = common.png_path(args, NAME)
     before, tm = curves["tmab"][0], curves["tmab"]
     best = max(range(len(args.ks)), key=lambda i: (tm[i]["worst"], -args.ks[i]))
     header = (
@@ -153,12 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"({tm[best]['worst'] - before['worst']:+.3f}) at overall {tm[best]['overall']:.3f} "
         f"({tm[best]['overall'] - before['overall']:+.3f})."
     )
-    print("\n" + header)
-    for key, (columns, rows) in tables.items():
-        print(f"\n{key}\n" + markdown(list(columns), rows, floats=".3f"))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    png = args.out / f"{NAME}.png"
     plot(args.ks, curves, png, f"fair digits: removing fairness culprits ({len(players)} filters)")
     summary = {
         "worst_group_before": before["worst"],
@@ -169,10 +139,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tmab_evals": float(result.n_evals),
         "seconds": time.perf_counter() - start,
     }
-    paths = report(NAME, args, start, tables=tables, images={"per_group_accuracy_vs_k": png}, summary=summary,
+    paths = common.report(NAME, args, start, tables=tables, images={"per_group_accuracy_vs_k": png}, summary=summary,
                    header=header)
     return {"ks": args.ks, "curves": curves, "result": result, "loo": loo, "summary": summary, **paths}
 
 
 if __name__ == "__main__":
-    run_script(main)
+    common.run_script(main)

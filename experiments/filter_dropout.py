@@ -29,12 +29,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from experiments.common import PROJECT, check_positive, parser, random_orders, report, run_script, save_figure
+from experiments import common
 from nsl import FilterPlayers
 from nsl.data import load_digits_tensors
 from nsl.games import AccuracyGame
 from nsl.models import Classifier
-from nsl.report import markdown
 from nsl.shapley import ShapleyResult
 
 NAME = "filter_dropout"
@@ -51,7 +50,7 @@ QUICK = [
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, 4 batches)")
+    p = common.parser(__doc__, NAME, quick="tiny smoke setting (small model, 4 batches)")
     p.add_argument("--remove-top", type=int, default=30, help="top-valued filters removed")
     p.add_argument("--n-random", type=int, default=5, help="random removals averaged for the control")
     p.add_argument("--sweep-dir", type=Path, default=None, help="read this finished multirun instead of running")
@@ -59,7 +58,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.remove_top, args.n_random = 5, 2
-    check_positive(args, "remove_top", "n_random")
+    common.check_positive(args, "remove_top", "n_random")
     if args.sweep_dir is not None and not args.sweep_dir.is_dir():
         raise ValueError(f"--sweep-dir={args.sweep_dir} is not a folder; give a finished multirun's folder.")
     bad = [o for o in args.overrides if "=" not in o]
@@ -134,7 +133,7 @@ def measure(run: dict[str, Any], remove_top: int, n_random: int, seed: int) -> d
     present = torch.ones(3 + n_random, n, dtype=torch.bool)
     present[1, ranking[:remove_top]] = False
     present[2, ranking[n - n // 2 :]] = False
-    for r, order in enumerate(random_orders(n, n_random, seed)):
+    for r, order in enumerate(common.random_orders(n, n_random, seed)):
         present[3 + r, order[:remove_top]] = False
     acc = game(present)
     return {
@@ -165,7 +164,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     right.axhline(0, color="black", linewidth=0.6)
     left.legend()
     right.legend()
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -205,23 +204,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{drop['full']:.3f} → {drop['top']:.3f}. Half of the positive value sits in {int(base['half_mass'])} "
         f"(baseline) vs {int(drop['half_mass'])} (dropout) filters."
     )
-    print("\n" + header + "\n\n" + markdown(columns, rows, floats=".3f"))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    png = args.out / f"{NAME}.png"
+    png = common.png_path(args, NAME)
     plot(runs, png)
     summary = {f"{labels[k].replace(' ', '_')}/{m}": v for k, s in stats.items() for m, v in s.items()}
     summary["seconds"] = time.perf_counter() - start
     config = {"sweep_dir": str(sweep), "remove_top": args.remove_top, "n_random": args.n_random,
               "quick": args.quick, "overrides": list(args.overrides)}
     # The report joins the training runs: their W&B project and group, unless the flags say otherwise.
-    if args.project == PROJECT:
-        args.project = OmegaConf.select(runs[0]["cfg"], "logger.wandb.project", default=PROJECT)
+    if args.project == common.PROJECT:
+        args.project = OmegaConf.select(runs[0]["cfg"], "logger.wandb.project", default=common.PROJECT)
     args.group = args.group or group
-    paths = report(NAME, args, start, tables=tables, images={"value_histograms": png}, summary=summary,
+    paths = common.report(NAME, args, start, tables=tables, images={"value_histograms": png}, summary=summary,
                    header=header, config=config)
     return {"stats": stats, "sweep_dir": sweep, "runs": runs, "group": group, **paths}
 
 
 if __name__ == "__main__":
-    run_script(main)
+    common.run_script(main)

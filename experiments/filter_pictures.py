@@ -24,11 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments.common import check_positive, class_truncation, parser, report, run_script, save_figure, train_model
+from experiments import common
 from nsl import AccuracyGame, ClassGame, FilterPlayers, tmab
-from nsl.data import load_digits_tensors
 from nsl.players import PlayerLayer, preserve_mode
-from nsl.report import markdown
 from nsl.shapley import ShapleyResult
 
 NAME = "filter_pictures"
@@ -36,7 +34,7 @@ UPSCALE = 4  # 8×8 digits shown as 32×32, nearest neighbour
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, few epochs)")
+    p = common.parser(__doc__, NAME, quick="tiny smoke setting (small model, few epochs)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--eval-size", type=int, default=300, help="validation images in the games and pictures")
     p.add_argument("--digit", type=int, default=3, help="class of the class-specific game (0-9)")
@@ -44,11 +42,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=8, help="most-activating images shown per filter")
     p.add_argument("--top-k", type=int, default=10, help="top-k that TMAB separates")
     p.add_argument("--max-evals", type=int, default=3000, help="TMAB budget per game (coalitions evaluated)")
-    args = p.parse_args(argv)
-    args.channels = (24, 32, 48)
-    if args.quick:
-        args.epochs, args.eval_size, args.max_evals, args.channels = 3, 80, 200, (6, 8, 10)
-        args.top, args.images, args.top_k = min(args.top, 3), min(args.images, 4), min(args.top_k, 3)
+    quick = {"epochs": 3, "eval_size": 80, "max_evals": 200, "top": lambda n: min(n, 3),
+             "images": lambda n: min(n, 4), "top_k": lambda k: min(k, 3)}
+    args = common.parse_args(p, argv, quick=quick, positive=("epochs", "eval_size", "top", "images", "top_k"))
     check(args)
     return args
 
@@ -57,7 +53,7 @@ def check(args: argparse.Namespace) -> None:
     """Reject settings that cannot work before anything is trained."""
     if not 0 <= args.digit <= 9:
         raise ValueError(f"--digit {args.digit} is not a digits class; use 0-9.")
-    check_positive(args, "epochs", "eval_size", "top", "images", "top_k", "max_evals")
+    common.check_positive(args, "max_evals")
     if args.images > args.eval_size:
         raise ValueError(f"--images {args.images} exceeds the {args.eval_size} evaluation images (--eval-size).")
     n_filters = sum(args.channels)
@@ -123,16 +119,14 @@ def plot(blocks: list[dict[str, Any]], images: Tensor, path: Path) -> None:
                 ax.set_xlabel(str(block["labels"][f][col]), fontsize=7, labelpad=1)
                 if col == 0:
                     ax.set_title(f"{block['names'][f]}  φ={block['values'][f]:.3f}", fontsize=8, loc="left")
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Rank filters on the two games and picture them; returns the rows and files (for tests and notebooks)."""
     args = parse(argv)
     start = time.perf_counter()
-    model, _ = train_model("digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
-    x, y = load_digits_tensors("val", val_size=args.eval_size, seed=args.seed)
-    players = FilterPlayers(model)
+    model, players, x, y = common.trained_digits(args)
     games = {
         "accuracy": AccuracyGame(model, players, x, y),
         f"class {args.digit}": ClassGame(model, players, x, y, args.digit),
@@ -142,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{args.digit})")
     results: dict[str, ShapleyResult] = {}
     for name, game in games.items():
-        truncation = class_truncation(game)
+        truncation = common.class_truncation(game)
         results[name] = tmab(game, args.top_k, max_evals=args.max_evals, truncation=truncation, seed=args.seed)
         r = results[name]
         print(f"  tmab on the {name} game: {r.n_evals} evaluations, {r.seconds:.1f} s, converged={r.converged}")
@@ -192,12 +186,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     summary = {f"{name.replace(' ', '_')}/mean_share": s for name, s in share.items()}
     summary["class_filters_preferring_digit"] = float(len(digit_share))
-    print("\n" + header + "\n" + markdown(columns, rows, floats=".3f"))
-    paths = report(NAME, args, start, tables={"top_filters": (columns, rows)}, images={"filter_pictures": png},
+    paths = common.report(NAME, args, start, tables={"top_filters": (columns, rows)}, images={"filter_pictures": png},
                    summary=summary, header=header)
     return {"rows": rows, "columns": columns, "share": share, "results": results, "activations": acts,
             "labels": y, "model": model, **paths}
 
 
 if __name__ == "__main__":
-    run_script(main)
+    common.run_script(main)

@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from experiments.common import quiet_trainer
+from experiments import common
 from nsl.data import TabularDataModule
 from nsl.models import Classifier, HarsanyiNet
 from nsl.shapley import coalitions, shapley_from_values
@@ -52,7 +52,7 @@ def fit_and_test(
 ) -> tuple[Classifier, float]:
     L.seed_everything(args.seed, verbose=False)
     model = Classifier(net, num_classes=data.num_classes, lr=args.lr, weight_decay=0.0)
-    run = quiet_trainer(args.epochs)
+    run = common.quiet_trainer(args.epochs)
     run.fit(model, data)
     return model.eval(), float(run.test(model, data, verbose=False)[0]["test/acc"])
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.common import run_script, train_model
+from experiments import common
 from nsl import AccuracyGame, FilterPlayers, tmab
 from nsl.baselines import game_leave_one_out
 from nsl.data import load_digits_tensors
@@ -61,7 +61,7 @@ def main() -> None:
         parser.error("--top-k must lie in [2, 16]")
 
     start = time.perf_counter()
-    model, _ = train_model("digits_cnn", epochs=args.epochs, seed=args.seed)
+    model, _ = common.train_model("digits_cnn", epochs=args.epochs, seed=args.seed)
     x, y = load_digits_tensors("val", val_size=args.eval_size, seed=args.seed)
     players = FilterPlayers(model)
     game = AccuracyGame(model, players, x, y, metric=args.metric)
@@ -139,4 +139,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    common.run_script(main)

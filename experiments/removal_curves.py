@@ -28,16 +28,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from experiments.common import (
-    check_positive,
-    class_truncation,
-    parser,
-    random_orders,
-    report,
-    run_script,
-    save_figure,
-    train_model,
-)
+from experiments import common
 from nsl import AccuracyGame, ClassGame, FilterPlayers, Game, tmab
 from nsl.baselines import BASELINES, baseline_result
 from nsl.data import load_digits_tensors
@@ -60,7 +51,7 @@ def digits_list(text: str) -> list[int]:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, 3 epochs)")
+    p = common.parser(__doc__, NAME, quick="tiny smoke setting (small model, 3 epochs)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--eval-size", type=int, default=300, help="validation images in the game")
     p.add_argument("--top-k", type=int, default=10, help="top-k that TMAB separates")
@@ -70,14 +61,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-random", type=int, default=10, help="random orders averaged for the random curve")
     p.add_argument("--classes", type=str, default="0,3,8", help="digits for class-specific curves; '' for none")
     p.add_argument("--class-removed", type=int, default=20, help="filters removed in the class-specific curves")
-    args = p.parse_args(argv)
-    args.channels = (24, 32, 48)
-    if args.quick:
-        args.epochs, args.eval_size, args.max_evals = 3, 60, 150
-        args.max_removed, args.ig_steps, args.n_random, args.channels = 10, 4, 2, (6, 8, 10)
-        args.class_removed = min(args.class_removed, 8)
+    quick = {"epochs": 3, "eval_size": 60, "max_evals": 150, "max_removed": 10, "ig_steps": 4, "n_random": 2,
+             "class_removed": lambda n: min(n, 8)}
+    positive = ("epochs", "eval_size", "top_k", "max_evals", "max_removed", "n_random", "class_removed")
+    args = common.parse_args(p, argv, quick=quick, positive=positive)
     args.class_list = digits_list(args.classes)
-    check_positive(args, "epochs", "eval_size", "top_k", "max_evals", "max_removed", "n_random", "class_removed")
     return args
 
 
@@ -99,7 +87,7 @@ def plot(curves: dict[str, list[float]], path: Path, title: str) -> None:
     ax.set_ylabel("validation accuracy")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def class_curves(
@@ -116,12 +104,12 @@ def class_curves(
     found: dict[int, dict[str, Any]] = {}
     for digit in args.class_list:
         rank_game = ClassGame(model, players, x_val, y_val, digit)
-        truncation = class_truncation(rank_game)
+        truncation = common.class_truncation(rank_game)
         result = tmab(rank_game, args.top_k, max_evals=args.max_evals, truncation=truncation, seed=args.seed)
         own = ClassGame(model, players, x_test, y_test, digit)
         rest = y_test != digit
         others = AccuracyGame(model, players, x_test[rest], y_test[rest])
-        randoms = random_orders(len(players), args.n_random, args.seed + 1000 + digit)
+        randoms = common.random_orders(len(players), args.n_random, args.seed + 1000 + digit)
 
         def curve(game: Game, orders: list[Tensor]) -> list[float]:
             return torch.stack([removal_values(game, o, steps) for o in orders]).mean(0).tolist()
@@ -153,16 +141,14 @@ def plot_classes(found: dict[int, dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("top-ranked filters removed")
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("test accuracy")
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the comparison; returns the curves, AUCs and the markdown table (for tests and notebooks)."""
     args = parse(argv)
     start = time.perf_counter()
-    model, _ = train_model("digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
-    x, y = load_digits_tensors("val", val_size=args.eval_size, seed=args.seed)
-    players = FilterPlayers(model)
+    model, players, x, y = common.trained_digits(args)
     game = AccuracyGame(model, players, x, y)
     full = game.full_value()
     print(f"trained SmallCNN in {time.perf_counter() - start:.1f} s: {len(players)} filters, "
@@ -201,7 +187,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"({len(players)} filters; TMAB: {results['tmab'].n_evals} evaluations, converged="
         f"{results['tmab'].converged}). AUC = mean accuracy over 0..{max_removed} removed, lower is better.\n"
     )
-    print("\n" + header + "\n" + table)
     print("\nAUC, best first: " + ", ".join(f"{n} {a:.3f}" for n, a in sorted(areas.items(), key=lambda t: t[1])))
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +216,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"The network with every filter off predicts digit {untruncated} for every image, so these class "
                 "games ran without truncation, and removing many filters drifts toward predicting that digit.\n"
             )
-        print("\n" + markdown(class_columns, class_rows, floats=".3f"))
         for digit, data in found.items():
             for name in CLASS_STYLE:
                 for k in ks:
@@ -242,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   + ", ".join(f"{own[k]:.3f} ({k})" for k in ks) + "; other digits "
                   + ", ".join(f"{others[k]:.3f} ({k})" for k in ks))
 
-    paths = report(NAME, args, start, tables=tables, images=images, summary=summary, header=header)
+    paths = common.report(NAME, args, start, tables=tables, images=images, summary=summary, header=header)
     return {"auc": areas, "curves": curves, "full_value": full, "table": table, "class_curves": found,
             "model": model, **paths}
 
@@ -263,4 +247,4 @@ def class_table(found: dict[int, dict[str, Any]]) -> tuple[list[str], list[list[
 
 
 if __name__ == "__main__":
-    run_script(main)
+    common.run_script(main)

@@ -26,31 +26,25 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from experiments.common import check_positive, parser, random_orders, report, run_script, save_figure, train_model
-from nsl import AccuracyGame, FilterPlayers, monte_carlo
-from nsl.data import load_digits_tensors
+from experiments import common
+from nsl import AccuracyGame, monte_carlo
 from nsl.games import CountingGame
-from nsl.report import markdown
 
 NAME = "truncation"
 COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = parser(__doc__, NAME, quick="tiny smoke setting (small model, few orders)")
+    p = common.parser(__doc__, NAME, quick="tiny smoke setting (small model, few orders)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--eval-size", type=int, default=300, help="validation images in the game")
     p.add_argument("--orders", type=int, default=50, help="random removal orders (= Monte Carlo permutations)")
     p.add_argument("--truncations", type=str, default="0.1,0.25,0.5", help="comma-separated levels in (0, 1)")
     p.add_argument("--patience", type=int, default=5, help="evaluations within tolerance before a scan stops")
     p.add_argument("--top-k", type=int, default=10, help="size of the top set whose overlap is reported")
-    args = p.parse_args(argv)
-    args.channels = (24, 32, 48)
-    if args.quick:
-        args.epochs, args.eval_size, args.orders, args.channels = 3, 60, 8, (6, 8, 10)
-        args.top_k = min(args.top_k, 5)
+    quick = {"epochs": 3, "eval_size": 60, "orders": 8, "top_k": lambda k: min(k, 5)}
+    args = common.parse_args(p, argv, quick=quick, positive=("epochs", "eval_size", "orders", "patience", "top_k"))
     args.levels = levels(args.truncations)
-    check_positive(args, "epochs", "eval_size", "orders", "patience", "top_k")
     if args.top_k >= sum(args.channels):
         raise ValueError(f"--top-k {args.top_k} must be below the model's {sum(args.channels)} filters.")
     return args
@@ -126,16 +120,14 @@ def plot(trajectories: Tensor, v_full: float, v_empty: float, fractions: dict[fl
     bx.set_xlim(0, 1)
     bx.set_xlabel("fraction removed when the value first enters the band")
     bx.set_title("where performance collapses")
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Record the trajectories and compare truncated with untruncated Monte Carlo; returns the table rows."""
-    args = parse(argv)
     start = time.perf_counter()
-    model, _ = train_model("digits_cnn", epochs=args.epochs, seed=args.seed, channels=args.channels)
-    x, y = load_digits_tensors("val", val_size=args.eval_size, seed=args.seed)
-    players = FilterPlayers(model)
+    args = parse(argv)
+    model, players, x, y = common.trained_digits(args)
     game = AccuracyGame(model, players, x, y)
     n = len(players)
     v_full, v_empty = game.full_value(), game.empty_value()
@@ -147,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     recorder = CountingGame(game, record=True)
     exact_scans = monte_carlo(recorder, args.orders, truncation=None, seed=args.seed, top_k=args.top_k)
     # The untruncated scans visit every coalition of their orders: read the trajectories back from them.
-    orders = random_orders(n, args.orders, args.seed)  # the orders monte_carlo(seed=seed) scans
+    orders = common.random_orders(n, args.orders, args.seed)  # the orders monte_carlo(seed=seed) scans
     trajectories = torch.stack([trajectory(recorder, order) for order in orders]).double()
     marginals = torch.zeros(args.orders, n, dtype=torch.float64)
     for p, order in enumerate(orders):
@@ -205,13 +197,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{mean_stderr:.4f}); overlap with the untruncated top-{args.top_k}; Σφ against v(N) − v(∅) = "
         f"{v_full - v_empty:.3f}.\n"
     )
-    print("\n" + header + "\n" + markdown(columns, rows, floats=".4f"))
-    paths = report(NAME, args, start, tables={"truncation_levels": (columns, rows)}, images={"trajectories": png},
-                   summary=summary, header=header, floats=".4f")
+    tables = {"truncation_levels": (columns, rows)}
+    paths = common.report(NAME, args, start, tables=tables, images={"trajectories": png}, summary=summary,
+                          header=header, floats=".4f")
     return {"rows": rows, "columns": columns, "trajectories": trajectories, "fractions": fractions,
             "v_full": v_full, "v_empty": v_empty, "mismatch": mismatch, "summary": summary,
             "untruncated": exact_scans, "model": model, **paths}
 
 
 if __name__ == "__main__":
-    run_script(main)
+    common.run_script(main)

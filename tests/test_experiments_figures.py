@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import inspect_wandb
 
+from experiments.common import random_orders
 from nsl import AccuracyGame, ClassGame, FilterPlayers, monte_carlo
 from nsl.data import load_digits_tensors
 from nsl.games import CountingGame, additive_game
@@ -154,7 +155,7 @@ def test_truncation_reads_trajectories_and_scan_depths_from_the_estimators_own_r
     module = load("truncation")
     n = 10
     game = additive_game([1.0] + [0.0] * (n - 1))  # worth 1 while player 0 is in, else v(∅) = 0
-    orders = module.random_orders(n, 6, seed=3)  # the orders monte_carlo(seed=3) scans
+    orders = random_orders(n, 6, seed=3)  # the orders monte_carlo(seed=3) scans
     full = CountingGame(game, record=True)
     monte_carlo(full, 6, truncation=None, seed=3, batch_size=1)
     for order in orders:

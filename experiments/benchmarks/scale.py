@@ -41,11 +41,9 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from experiments.common import parser as make_parser
-from experiments.common import plain_config, report, save_figure
+from experiments import common
 from nsl import AccuracyGame, FilterPlayers, monte_carlo, tmab
 from nsl.games import CountingGame
-from nsl.report import markdown
 from nsl.shapley import RunningStats
 from nsl.shapley.tmab import unresolved  # the bandit rule itself: its cost per player is measured here
 
@@ -264,11 +262,11 @@ def plot_scaling(rows: list[dict[str, float]], path: Path) -> None:
     ax2.set(xscale="log", xlabel="players N", ylabel="ns per player", title="time / N (flat = linear)")
     ax2.set_ylim(bottom=0)
     ax.legend(fontsize=7)
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = make_parser(__doc__, "scale", quick="smoke setting: 75x75 images, 1 image, tiny runs")
+    parser = common.parser(__doc__, "scale", quick="smoke setting: 75x75 images, 1 image, tiny runs")
     parser.add_argument("--images", type=int, default=2, help="random evaluation images B")
     parser.add_argument("--size", type=int, default=299, help="image side (Inception-v3 needs at least 75)")
     parser.add_argument("--chunk", type=int, default=5, help="coalitions per forward pass K")
@@ -283,9 +281,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.images, args.size, args.chunk, args.scans, args.patience, args.reps = 1, 75, 2, 2, 2, 1
         args.ns, args.micro_seconds = [1000, 4000], 0.005
-    for key in ("images", "chunk", "scans", "patience", "reps", "budget", "threads"):
-        if getattr(args, key) < 1:
-            parser.error(f"--{key}={getattr(args, key)} must be a positive int.")
+    common.check_positive(args, "images", "chunk", "scans", "patience", "reps", "budget", "threads")
     if args.size < 75:
         parser.error(f"--size={args.size} is too small; Inception-v3 needs images of at least 75x75.")
     if args.chunk > 1 and args.patience % args.chunk:
@@ -299,12 +295,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns every measured number (for tests and notebooks) and the markdown path."""
     args = parse(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with common.torch_threads(args.threads):
         return benchmark(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def sig(x: Any, digits: int = 3) -> Any:
@@ -405,13 +397,13 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     # --- estimators on Inception --------------------------------------------------------------------------------
     clock = ForwardClock()
     runs = []
-    common = {"truncation": 0.25, "patience": args.patience, "seed": args.seed}
+    options = {"truncation": 0.25, "patience": args.patience, "seed": args.seed}
     with clock.attach(model):
         runs.append(run_estimator(
-            "tmab", lambda: tmab(timed, 10, min_samples=args.scans, max_evals=None, **common), timed, clock))
+            "tmab", lambda: tmab(timed, 10, min_samples=args.scans, max_evals=None, **options), timed, clock))
         rss.append(["after tmab", peak_rss_mib()])
         runs.append(run_estimator(
-            "monte_carlo", lambda: monte_carlo(timed, args.scans, **common), timed, clock))
+            "monte_carlo", lambda: monte_carlo(timed, args.scans, **options), timed, clock))
         rss.append(["after monte_carlo", peak_rss_mib()])
     values_seen = sorted({round(v, 9) for v in timed.recorded_values()})
     for r in runs:
@@ -505,8 +497,6 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     png = args.out / "scale.png"
     plot_scaling(scale_rows, png)
-    for title, (cols, rows) in tables.items():
-        print(f"\n### {title}\n\n" + markdown(list(cols), [list(r) for r in rows], floats=",.10g"))
     summary = {
         "n_players": n,
         "forward_s_per_eval": fwd_per_eval,
@@ -519,8 +509,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "budget_evals_done": budget_evals,
         "peak_rss_mib": peak_rss_mib(),
     }
-    config = plain_config(args, drop=["ns"]) | {"ns": ",".join(map(str, args.ns))}
-    logged = report("scale", args, wall, tables=tables, images={"bandit_scaling": png}, summary=summary,
+    config = common.plain_config(args, drop=["ns"]) | {"ns": ",".join(map(str, args.ns))}
+    logged = common.report("scale", args, wall, tables=tables, images={"bandit_scaling": png}, summary=summary,
                     header=header, config=config, floats=",.10g")
     seconds = time.perf_counter() - wall
     return {
