@@ -207,11 +207,8 @@ def test_guided_dropout_repair_fine_tunes_the_last_epochs_of_the_fit(tmp_path: P
     trainer = make_trainer(tmp_path, [cb, repair], epochs=2)
 
     class Snapshot(L.Callback):
-        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            self.hooked = getattr(repair._dropout, "hooked", None)
-
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.dropped = repair._dropout.dropped if repair._dropout is not None else 0
+            self.dropped = repair.dropout.dropped if repair.dropout is not None else 0
 
     snap = Snapshot()
     trainer.callbacks.append(snap)
@@ -219,7 +216,7 @@ def test_guided_dropout_repair_fine_tunes_the_last_epochs_of_the_fit(tmp_path: P
     assert [r["metric"] for r in repair.report] == ["accuracy"]
     # The guiding analysis ran when the last epoch started (epoch 1), then the usual one at the end.
     assert [(h["epoch"], h["stage"]) for h in cb.history["accuracy"]] == [(1, "repair"), (2, "fit_end")]
-    assert snap.dropped > 0 and not repair._dropout.hooked  # dropout only inside training steps of epoch 1
+    assert snap.dropped > 0 and not repair.dropout.hooked  # dropout only inside training steps of epoch 1
     assert all(not m._forward_hooks for m in model.modules())
     assert model.trainer is trainer  # the same fit did the fine-tuning: no second Trainer
     assert "filter dropout" in (tmp_path / "neuron_shapley" / "repair.md").read_text()
@@ -276,6 +273,6 @@ def test_guided_dropout_resumes_inside_the_fine_tuning(tmp_path: Path) -> None:
     assert [h["stage"] for h in shapley.history["accuracy"]] == ["repair", "fit_end"]
     assert torch.equal(repair.state_dict()["probabilities"], probabilities)
     saved = next(v for k, v in state["callbacks"].items() if k.startswith("ShapleyRepair"))
-    assert repair._dropout.seen > saved["dropout"]["seen"]  # it kept drawing masks in epoch 2
+    assert repair.dropout.seen > saved["dropout"]["seen"]  # it kept drawing masks in epoch 2
     assert [r["metric"] for r in repair.report] == ["accuracy"]
     assert repair.report[0]["before"] == first[1].report[0]["before"]  # measured once, before the fine-tuning

@@ -214,7 +214,7 @@ class NeuronShapley(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Fail before training starts on layer patterns that match nothing (and similar bad configs).
         if stage == TrainerFn.FITTING:
-            FilterPlayers(pl_module, self.layers, self.ablation)
+            self.players(pl_module)
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -254,6 +254,20 @@ class NeuronShapley(Callback):
             if spec.name == name:
                 return spec
         raise ValueError(f"game {name!r} is not one of this callback's games {[s.name for s in self.specs]}.")
+
+    def players(self, model: L.LightningModule) -> FilterPlayers:
+        """The filters of ``model`` this callback plays with (its ``layers`` and ``ablation``)."""
+        return FilterPlayers(model, self.layers, self.ablation)
+
+    def current_result(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, name: str, stage: str = "requested"
+    ) -> ShapleyResult:
+        """Game ``name``'s result for the model as it is now: the latest one if no training step came after it,
+        else a fresh run of that game alone, recorded with ``stage`` (call it on every rank at once)."""
+        history = self.history.get(self.spec(name).name) or []
+        if not history or history[-1]["step"] != trainer.global_step or name not in self.results:
+            self.run(trainer, pl_module, stage=stage, games=[name])
+        return self.results[name]
 
     def evaluation_data(self, trainer: L.Trainer) -> EvalData:
         """The fixed evaluation set: ``data`` if given, else the first ``eval_size`` validation examples.
@@ -296,7 +310,7 @@ class NeuronShapley(Callback):
         progress = self.verbose and trainer.is_global_zero and trainer.progress_bar_callback is not None
         with eval_data.preserved_rng():
             data = self.evaluation_data(trainer).to(pl_module.device)
-            players = FilterPlayers(pl_module, self.layers, self.ablation)
+            players = self.players(pl_module)
             step = trainer.global_step
             collective = LightningCollective(trainer.strategy) if trainer.world_size > 1 else None
             share = None if collective is None else (lambda obj: trainer.strategy.broadcast(obj, src=0))

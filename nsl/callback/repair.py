@@ -119,6 +119,11 @@ class ShapleyRepair(Callback):
         self._resume_dropout: dict[str, Any] | None = None  # a checkpointed dropout stream, to continue
 
     @property
+    def dropout(self) -> FilterDropout | None:
+        """The filter dropout of a fine-tuning repair once it started (its ``dropped_fraction``, ``hooked``)."""
+        return self._dropout
+
+    @property
     def name(self) -> str:
         return next((n for n in REPAIRS if isinstance(self.method, REPAIRS[n])), type(self.method).__name__)
 
@@ -149,7 +154,7 @@ class ShapleyRepair(Callback):
                     f"repair {self.name!r} fine-tunes the last epochs={epochs} epochs of the fit, so "
                     f"trainer.max_epochs={max_epochs} must be larger."
                 )
-            FilterPlayers(pl_module, self.shapley.layers)  # bad layer patterns fail now, not at fine-tuning
+            self.shapley.players(pl_module)  # bad layer patterns fail now, not at fine-tuning
 
     def _choose_game(self, shapley: NeuronShapley) -> GameSpec:
         if self.game is not None:
@@ -165,7 +170,7 @@ class ShapleyRepair(Callback):
         if trainer.current_epoch < trainer.max_epochs - self.method.epochs:
             return
         assert self.shapley is not None and self._spec is not None
-        result = self._latest_result(trainer, pl_module)
+        result = self.shapley.current_result(trainer, pl_module, self._spec.name, stage="repair")
         self._measure_before(trainer, pl_module)
         self._probabilities = self.method.probabilities(result, self._negative()).double()
         self._start_dropout(trainer, pl_module)
@@ -174,17 +179,10 @@ class ShapleyRepair(Callback):
             f"{self._spec.name} (mean p={self.method.p})"
         )
 
-    def _latest_result(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
-        """The game's result for the model as it is now; the NeuronShapley plays the game if it has none."""
-        assert self.shapley is not None and self._spec is not None
-        history = self.shapley.history.get(self._spec.name) or []
-        if not history or history[-1]["step"] != trainer.global_step or self._spec.name not in self.shapley.results:
-            self.shapley.run(trainer, pl_module, stage="repair", games=[self._spec.name])
-        return self.shapley.results[self._spec.name]
-
     def _start_dropout(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.shapley is not None and self._probabilities is not None
-        self._dropout = FilterDropout(self._probabilities, layers=self.shapley.layers, seed=self.shapley.seed)
+        layers = [layer.name for layer in self.shapley.players(pl_module).layers]
+        self._dropout = FilterDropout(self._probabilities, layers=layers, seed=self.shapley.seed)
         self._dropout.setup(trainer, pl_module, TrainerFn.FITTING)
 
     @override
@@ -224,7 +222,7 @@ class ShapleyRepair(Callback):
                 rank_zero_warn(f"ShapleyRepair: no analysis of {self._spec.name!r} to repair with; nothing done.")
                 return
             self._measure_before(trainer, pl_module)
-            players = FilterPlayers(pl_module, self.shapley.layers, self.shapley.ablation)
+            players = self.shapley.players(pl_module)
             culprits = self.method.culprits(result, self._negative())
             if len(culprits) == 0:
                 rank_zero_info(f"[ShapleyRepair] no filter of {self._spec.name!r} has a harmful value.")

@@ -90,7 +90,7 @@ class ModelGame:
         targets: integer class labels, shape (B,).
         chunk_size: coalitions per forward pass; ``None`` picks as many as fit ``max_rows`` rows.
         max_rows: bound on rows per forward pass (K·B) when ``chunk_size`` is None, to bound memory; about
-            a thousand rows keeps a CPU in cache (measured by experiments/throughput.py), raise it on a GPU.
+            a thousand rows keeps a CPU in cache (measured by experiments/benchmarks/throughput.py), raise it on a GPU.
             Large inputs are also capped at 4M input values per pass (activations grow with the image).
         device: where to evaluate; defaults to the model's device.
         share_prefix: skip work that cannot change: the layers below the first layer where a chunk's
