@@ -154,10 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{args.digit})")
     results: dict[str, ShapleyResult] = {}
     for name, game in games.items():
-        empty, full = game.empty_value(), game.full_value()
-        # A class the empty network predicts for every image has v(∅) ≈ v(N): truncating at v(∅) would be wrong.
-        truncation = 0.25 if abs(full - empty) > 0.5 * abs(full) else None
-        results[name] = tmab(game, args.top_k, max_evals=args.max_evals, truncation=truncation, seed=args.seed)
+        results[name] = tmab(game, args.top_k, max_evals=args.max_evals, seed=args.seed)
         r = results[name]
         print(f"  tmab on the {name} game: {r.n_evals} evaluations, {r.seconds:.1f} s, converged={r.converged}")
 
