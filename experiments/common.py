@@ -7,7 +7,6 @@
 - :func:`train_model`: the model of an ``nsl-train`` training variant (``nsl/conf/experiment/*.yaml``), fitted
   exactly as the app fits it; :func:`trained_digits`: the digits model with its players and validation images.
 - :func:`quiet_trainer`: a Trainer that only trains (scripts measure the model afterwards).
-- :func:`class_truncation`: when a class game may be truncated at v(∅).
 - :func:`ranking_curves` (:func:`removal_rows`, :func:`mean_rows`): metrics after pruning each ranking's first k
   filters (undone after), and their mean over random rankings: the curves of the repair experiments.
 - :func:`torch_threads`: pinned torch threads for a benchmark.
@@ -33,7 +32,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from nsl import FilterPlayers, Game, prune_filters
+from nsl import FilterPlayers, prune_filters
 from nsl.data import load_digits_tensors
 from nsl.report import parse_counts, report_experiment
 from nsl.train import QUIET, compose_config, fit_model
@@ -184,15 +183,6 @@ def random_orders(n_players: int, count: int, seed: int) -> list[Tensor]:
     """``count`` random orders of the players from one generator seeded with ``seed`` (the global RNG untouched)."""
     generator = torch.Generator().manual_seed(seed)
     return [torch.randperm(n_players, generator=generator) for _ in range(count)]
-
-
-def class_truncation(game: Game, level: float = 0.25) -> float | None:
-    """TMAB truncation for a class game: ``level``, or None when the empty network already predicts that class.
-
-    Then v(∅) is about as high as v(N), and "the value has fallen to v(∅)" no longer means the class is lost.
-    """
-    full, empty = game.full_value(), game.empty_value()
-    return level if abs(full - empty) > 0.5 * abs(full) else None
 
 
 def save_figure(fig: Figure, path: Path) -> Path:

@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{args.digit})")
     results: dict[str, ShapleyResult] = {}
     for name, game in games.items():
-        truncation = common.class_truncation(game)
-        results[name] = tmab(game, args.top_k, max_evals=args.max_evals, truncation=truncation, seed=args.seed)
+        results[name] = tmab(game, args.top_k, max_evals=args.max_evals, seed=args.seed)
         r = results[name]
         print(f"  tmab on the {name} game: {r.n_evals} evaluations, {r.seconds:.1f} s, converged={r.converged}")
 

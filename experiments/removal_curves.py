@@ -104,8 +104,7 @@ def class_curves(
     found: dict[int, dict[str, Any]] = {}
     for digit in args.class_list:
         rank_game = ClassGame(model, players, x_val, y_val, digit)
-        truncation = common.class_truncation(rank_game)
-        result = tmab(rank_game, args.top_k, max_evals=args.max_evals, truncation=truncation, seed=args.seed)
+        result = tmab(rank_game, args.top_k, max_evals=args.max_evals, seed=args.seed)
         own = ClassGame(model, players, x_test, y_test, digit)
         rest = y_test != digit
         others = AccuracyGame(model, players, x_test[rest], y_test[rest])
@@ -117,14 +116,14 @@ def class_curves(
         orders = {"class tmab": [result.ranking()], "overall tmab": [overall.ranking()], "random": randoms}
         found[digit] = {
             "result": result,
-            "truncation": truncation,
+            "degenerate": abs(rank_game.full_value() - rank_game.empty_value()) <= 0.5 * abs(rank_game.full_value()),
             "n_images": (len(rank_game.targets), len(own.targets), len(others.targets)),
             "own": {name: curve(own, o) for name, o in orders.items()},
             "others": {name: curve(others, o) for name, o in orders.items()},
         }
         r = result
         print(f"  digit {digit}: tmab on {len(rank_game.targets)} validation images, {r.n_evals} evaluations, "
-              f"{r.seconds:.1f} s, converged={r.converged}, truncation={truncation}")
+              f"{r.seconds:.1f} s, converged={r.converged}")
     return found
 
 
@@ -210,11 +209,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "other digits (others) after removing each ranking's top filters; overall tmab = the ranking above; "
             f"random = mean of {args.n_random} random orders. AUC = mean over 0..{class_n} removed.\n"
         )
-        untruncated = [d for d, data in found.items() if data["truncation"] is None]
-        if untruncated:
+        degenerate = [d for d, data in found.items() if data["degenerate"]]
+        if degenerate:
             header += (
-                f"The network with every filter off predicts digit {untruncated} for every image, so these class "
-                "games ran without truncation, and removing many filters drifts toward predicting that digit.\n"
+                f"The network with every filter off predicts digit {degenerate} for every image (v(∅) ≈ v(N) in "
+                "these class games), and removing many filters drifts toward predicting that digit.\n"
             )
         for digit, data in found.items():
             for name in CLASS_STYLE:

@@ -105,8 +105,7 @@ def test_tmab_over_torch_distributed_agrees_and_finds_the_planted_top_k(gloo_res
     assert result.converged
     assert result.top_k.tolist() == [5, 11, 17, 23]
     truth = planted_game().shapley()
-    top = result.top_k
-    assert torch.allclose(result.values[top], truth[top], atol=0.25)
+    assert torch.all((result.values - truth).abs() <= 5 * result.stderr)  # unbiased: within its errors
     # Same seed, same world size: the same result.
     _assert_same(r0, gloo_results[0]["tmab_again"])
 
@@ -116,8 +115,9 @@ def test_budget_counts_both_ranks(gloo_results: list[dict]) -> None:
     _assert_same(r0, r1)
     _assert_split([r0, r1])
     assert not r0["converged"]  # 200 samples per player need more than the budget
-    # Each rank's scan is cut at its share of what is left, so the total lands on the budget (+1 for rounding).
-    assert BUDGET <= r0["n_evals"] <= BUDGET + 1
+    # Each rank's step is cut at its share of what is left, so the total lands on the budget (+1 for rounding;
+    # −2 when the last share is too small for a marginal, which needs two coalitions).
+    assert BUDGET - 2 <= r0["n_evals"] <= BUDGET + 1
 
 
 def test_monte_carlo_splits_the_permutations_exactly(gloo_results: list[dict]) -> None:
@@ -213,8 +213,9 @@ def test_neuron_shapley_callback_under_ddp_spawn(tmp_path: Path, monkeypatch: py
         _assert_same(a, b)
         assert ShapleyResult.from_dict(a).top_k.tolist() == ShapleyResult.from_dict(b).top_k.tolist()
         _assert_split([a, b])
-        # The budget counts both ranks and cuts their scans: the run ends at 300 evaluations (+1 for rounding).
-        assert not a["converged"] and 300 <= a["n_evals"] <= 301
+        # The budget counts both ranks and cuts their steps: the run ends at 300 evaluations (+1 for rounding,
+        # −2 when the last share is too small for a marginal).
+        assert not a["converged"] and 298 <= a["n_evals"] <= 301
     assert ranks[0]["files"] == ["accuracy.csv", "accuracy.pt", "class.csv", "class.pt"]
     saved = ShapleyResult.load(tmp_path / "neuron_shapley" / "accuracy.pt")
     assert torch.equal(saved.values, ranks[0]["accuracy"]["values"]) and saved.world_size == 2

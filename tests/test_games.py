@@ -67,6 +67,11 @@ def test_smooth_metric_and_callable_metric(model, digits_val):
     with torch.no_grad():
         expected = -torch.nn.functional.cross_entropy(model(x), y)
     assert nll.full_value() == pytest.approx(float(expected), rel=1e-5)
+    probability = AccuracyGame(model, players, x, y, metric="true_class_probability")
+    with torch.no_grad():
+        expected = model(x).softmax(dim=1)[torch.arange(len(y)), y].mean()
+    assert probability.full_value() == pytest.approx(float(expected), rel=1e-5)
+    assert 0 <= probability.empty_value() <= 1
     custom = AccuracyGame(model, players, x, y, metric=lambda logits, t: logits[..., 0].mean(dim=1))
     with torch.no_grad():
         assert custom.full_value() == pytest.approx(float(model(x)[:, 0].mean()), rel=1e-5)

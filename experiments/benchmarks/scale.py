@@ -6,12 +6,13 @@ own predictions (so v(N) = 1), and measures what the estimators cost at this siz
 
 - throughput: plain forward passes/s next to masked coalition evaluations/s on the same batch;
 - the estimators' own overhead (everything outside the game's calls: order sampling, coalition masks, the
-  bandit rule ``unresolved``, ``RunningStats.update``) and the game's overhead outside the model's forward
-  (hook registration in ``FilterPlayers.mask``, input tiling, scoring), per scan and per evaluation, in
-  seconds and as a fraction of the forward time; both are measured by timing the game's calls (the library's
-  meter, ``nsl.games.CountingGame``) and the model's forward (hooks) and subtracting from the total;
-- the bandit update (``unresolved`` + ``RunningStats.update``) and a whole scan's bookkeeping at N = 1k, 4k,
-  17k and 100k players with synthetic statistics, as time and time/N (plotted to ``scale.png``);
+  bandit's certificate ``top_k_certificate``, ``RunningStats.update``) and the game's overhead outside the
+  model's forward (hook registration in ``FilterPlayers.mask``, input tiling, scoring), per scan and per
+  evaluation, in seconds and as a fraction of the forward time; both are measured by timing the game's calls
+  (the library's meter, ``nsl.games.CountingGame``) and the model's forward (hooks) and subtracting from the total;
+- the bandit update (confidence radii + ``top_k_certificate`` + ``RunningStats.update``) and a whole scan's
+  bookkeeping at N = 1k, 4k, 17k and 100k players with synthetic statistics, as time and time/N (plotted to
+  ``scale.png``);
 - memory: peak RSS (``resource.getrusage``) after each phase, the estimator's state and per-call allocations.
 
 A random Inception-v3 with PyTorch's default initialisation predicts the argmax of its classifier bias for
@@ -45,7 +46,8 @@ from experiments import common
 from nsl import AccuracyGame, FilterPlayers, monte_carlo, tmab
 from nsl.games import CountingGame
 from nsl.shapley import RunningStats
-from nsl.shapley.tmab import unresolved  # the bandit rule itself: its cost per player is measured here
+from nsl.shapley.bounds import top_k_certificate  # the bandit's rule itself: its cost per player is measured here
+from nsl.shapley.tmab import confidence_radius
 
 
 def peak_rss_mib() -> float:
@@ -199,8 +201,14 @@ def scaling(
     for n in ns:
         stats = synthetic_stats(n, seed)
         level = 0.05 / n
-        t_unres = bench(lambda stats=stats, level=level: unresolved(stats, 10, level, 1e-4, 5, "normal", "top"))
-        t_bern = bench(lambda stats=stats, level=level: unresolved(stats, 10, level, 1e-4, 5, "bernstein", "both"))
+        t_unres = bench(
+            lambda stats=stats, level=level: top_k_certificate(stats.mean, confidence_radius(stats, level), 10, 1e-4)
+        )
+        t_bern = bench(
+            lambda stats=stats, level=level: top_k_certificate(
+                stats.mean, confidence_radius(stats, level, "bernstein"), 10, 1e-4, "both"
+            )
+        )
         gen = torch.Generator().manual_seed(seed)
         players = torch.randperm(n, generator=gen)
         marginals = torch.randn(n, generator=gen, dtype=torch.float64) * 1e-3
@@ -211,13 +219,15 @@ def scaling(
         t_masks = bench(lambda rank=rank, chunk=chunk: rank.unsqueeze(0) >= chunk.unsqueeze(1))
         timed = CountingGame(ConstantGame(n, k))
         start = time.perf_counter()
-        result = tmab(timed, 10, min_samples=scans, patience=patience, truncation=0.25, seed=seed, max_evals=None)
+        result = tmab(
+            timed, 10, sampler="scan", min_samples=scans, patience=patience, truncation=0.25, seed=seed, max_evals=None
+        )
         per_scan = (time.perf_counter() - start - timed.seconds) / int(result.counts.max())
         rows.append(
             {
                 "n": n,
-                "unresolved_us": 1e6 * t_unres,
-                "unresolved_bernstein_both_us": 1e6 * t_bern,
+                "certificate_us": 1e6 * t_unres,
+                "certificate_bernstein_both_us": 1e6 * t_bern,
                 "update_us": 1e6 * t_update,
                 "randperm_us": 1e6 * t_perm,
                 "masks_us": 1e6 * t_masks,
@@ -234,15 +244,15 @@ def plot_scaling(rows: list[dict[str, float]], path: Path) -> None:
     ns = [r["n"] for r in rows]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     series = {
-        "unresolved (normal, top)": [r["unresolved_us"] for r in rows],
-        "unresolved (bernstein, both)": [r["unresolved_bernstein_both_us"] for r in rows],
+        "certificate (clt, top)": [r["certificate_us"] for r in rows],
+        "certificate (bernstein, both)": [r["certificate_bernstein_both_us"] for r in rows],
         "RunningStats.update (all N)": [r["update_us"] for r in rows],
         "whole scan bookkeeping (tmab)": [1e3 * r["scan_overhead_ms"] for r in rows],
     }
     for label, ys in series.items():
         ax.plot(ns, ys, marker="o", label=label)
         ax2.plot(ns, [1e3 * y / n for y, n in zip(ys, ns, strict=True)], marker="o", label=label)
-    ref = series["unresolved (normal, top)"]
+    ref = series["certificate (clt, top)"]
     ax.plot(ns, [ref[0] * n / ns[0] for n in ns], color="gray", linestyle="--", label="O(N) reference")
     ax.set(xscale="log", yscale="log", xlabel="players N", ylabel="µs per call", title="time per call")
     ax2.set(xscale="log", xlabel="players N", ylabel="ns per player", title="time / N (flat = linear)")
@@ -368,9 +378,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         ["order sampling: randperm(N)", "scan", bench(lambda: torch.randperm(n, generator=gen))],
         [f"coalition masks ({k}, N) in removal_scan", "game call", bench(lambda: rank[None] >= chunk[:, None])],
         [
-            "bandit rule unresolved (normal, top-10)",
+            "bandit certificate (clt, top-10)",
             "scan",
-            bench(lambda: unresolved(stats, 10, 0.05 / n, 1e-4, 5, "normal", "top")),
+            bench(lambda: top_k_certificate(stats.mean, confidence_radius(stats, 0.05 / n), 10, 1e-4)),
         ],
         ["RunningStats.update (all N players)", "scan", bench(lambda: stats.update(every, marg))],
         ["FilterPlayers.mask enter+exit, K=1", "game call", bench(enter_exit(half[:1]))],
@@ -385,7 +395,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     options = {"truncation": 0.25, "patience": args.patience, "seed": args.seed}
     with clock.attach(model):
         runs.append(run_estimator(
-            "tmab", lambda: tmab(timed, 10, min_samples=args.scans, max_evals=None, **options), timed, clock))
+            "tmab", lambda: tmab(timed, 10, sampler="scan", min_samples=args.scans, max_evals=None, **options), timed,
+            clock))
         rss.append(["after tmab", peak_rss_mib()])
         runs.append(run_estimator(
             "monte_carlo", lambda: monte_carlo(timed, args.scans, **options), timed, clock))
@@ -451,10 +462,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "game_overhead_ms_per_eval", "game_overhead_pct", "estimator_ms_per_scan", "estimator_ms_per_eval",
                 "estimator_overhead_pct"]
     est_rows = [[r[key] for key in est_keys] for r in runs]
-    scale_cols = ["N", "unresolved µs", "unresolved (bernstein, both) µs", "RunningStats.update µs",
+    scale_cols = ["N", "certificate µs", "certificate (bernstein, both) µs", "RunningStats.update µs",
                   "bandit ns/player", "randperm µs", f"({k}, N) masks µs", "tmab scan bookkeeping ms",
                   "scan ns/player"]
-    scale_table = [[r["n"], r["unresolved_us"], r["unresolved_bernstein_both_us"], r["update_us"],
+    scale_table = [[r["n"], r["certificate_us"], r["certificate_bernstein_both_us"], r["update_us"],
                     r["bandit_ns_per_player"], r["randperm_us"], r["masks_us"], r["scan_overhead_ms"],
                     r["scan_ns_per_player"]] for r in scale_rows]
     tables = {

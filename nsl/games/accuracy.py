@@ -15,7 +15,7 @@ from nsl.games.registry import GAMES
 from nsl.players import FilterPlayers, preserve_mode
 from nsl.validation import check_choice
 
-METRICS = ("accuracy", "macro_accuracy", "neg_cross_entropy")
+METRICS = ("accuracy", "macro_accuracy", "true_class_probability", "neg_cross_entropy")
 Metric = str | Callable[[Tensor, Tensor], Tensor]
 
 
@@ -31,6 +31,9 @@ def coalition_metric(logits: Tensor, targets: Tensor, metric: Metric, num_classe
     if metric == "neg_cross_entropy":
         per_row = F.cross_entropy(logits.flatten(0, 1).float(), targets.repeat(k), reduction="none")
         return -per_row.reshape(k, -1).mean(dim=1)
+    if metric == "true_class_probability":
+        probabilities = logits.float().softmax(dim=-1)  # (K, B, C)
+        return probabilities.gather(-1, targets.expand(k, -1).unsqueeze(-1)).squeeze(-1).mean(dim=1)
     preds = logits.argmax(dim=-1)  # (K, B)
     average = "micro" if metric == "accuracy" else "macro"
     return multiclass_accuracy(
@@ -64,7 +67,8 @@ class AccuracyGame(ModelGame):
         inputs: evaluation inputs (B, ...).
         targets: class labels (B,).
         metric: ``"accuracy"`` (torchmetrics ``MulticlassAccuracy``, micro), ``"macro_accuracy"``,
-            ``"neg_cross_entropy"`` (a smooth value, less noisy than accuracy) or a callable
+            ``"true_class_probability"`` (mean softmax probability of the true class: smooth and bounded),
+            ``"neg_cross_entropy"`` (smooth, unbounded) or a callable
             ``(logits (K, B, C), targets (B,)) -> (K,)``.
         **kwargs: ``chunk_size``, ``max_rows``, ``device`` (see :class:`~nsl.games.base.ModelGame`).
     """

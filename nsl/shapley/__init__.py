@@ -1,14 +1,16 @@
 """Shapley value estimators; each takes any game and returns a :class:`ShapleyResult`."""
 
+from nsl.shapley import metrics
 from nsl.shapley.distributed import Collective, LightningCollective, LocalCollective, TorchCollective
 from nsl.shapley.exact import coalitions, exact, shapley_from_values
 from nsl.shapley.monte_carlo import monte_carlo
 from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import RunningStats, ShapleyResult
-from nsl.shapley.tmab import confidence_radius, tmab
+from nsl.shapley.tmab import ORIGINAL_TMAB, confidence_radius, tmab
 
 __all__ = [
     "ESTIMATORS",
+    "ORIGINAL_TMAB",
     "Collective",
     "LightningCollective",
     "LocalCollective",
@@ -18,6 +20,7 @@ __all__ = [
     "coalitions",
     "confidence_radius",
     "exact",
+    "metrics",
     "monte_carlo",
     "shapley_from_values",
     "tmab",

@@ -8,8 +8,9 @@ from nsl.games.base import Game
 from nsl.shapley._common import check_positive_int, check_tail, player_names, resolve_top_k
 from nsl.shapley.distributed import Collective
 from nsl.shapley.registry import ESTIMATORS
-from nsl.shapley.result import ShapleyResult, result_from_stats
-from nsl.shapley.scan import Budget, PermutationSampler, sample
+from nsl.shapley.result import ShapleyResult
+from nsl.shapley.sampler import Budget, result_from_state, sample
+from nsl.shapley.scan import PermutationSampler
 
 
 @ESTIMATORS.register("monte_carlo")
@@ -64,19 +65,16 @@ def monte_carlo(
         lambda: everyone if sampler.scans < n_permutations else None,
         progress=progress,
         desc="monte_carlo",
-        max_scans=n_permutations,
+        max_steps=n_permutations,
     )
-    return result_from_stats(
-        sampler.stats,
-        n_evals=sampler.total_evals,
-        local_evals=sampler.local_evals,
-        world_size=sampler.world_size,
+    return result_from_state(
+        sampler,
         converged=sampler.scans >= n_permutations,
         k=resolve_top_k(top_k, sampler.n_players),
         names=player_names(game, names),
         method="monte_carlo",
         interrupted=interrupted,
         seconds=budget.seconds,
-        full_value=sampler.v_full,
-        empty_value=sampler.v_empty,
+        tail=tail,
+        truncated=sampler.truncation is not None,
     )

@@ -10,6 +10,16 @@ import torch
 from torch import Tensor
 
 
+def merge_moments(
+    count: Tensor, mean: Tensor, m2: Tensor, other_count: Tensor, other_mean: Tensor, other_m2: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Count, mean and sum of squared deviations of two disjoint sample sets together (Chan's formula)."""
+    total = count + other_count
+    safe = total.clamp(min=1).double()
+    delta = other_mean - mean
+    return total, mean + delta * other_count / safe, m2 + other_m2 + delta * delta * count * other_count / safe
+
+
 class RunningStats:
     """Per-player count, mean, sum of squared deviations (Welford), minimum and maximum of marginals.
 
@@ -39,14 +49,25 @@ class RunningStats:
         self.low[players] = torch.minimum(self.low[players], x)
         self.high[players] = torch.maximum(self.high[players], x)
 
+    @classmethod
+    def of_samples(cls, players: Tensor, samples: Tensor, n_players: int) -> RunningStats:
+        """Statistics of a block of samples: ``samples[j, i]`` is the j-th sample of ``players[i]``."""
+        stats = cls(n_players)
+        x = samples.double()
+        count = x.shape[0]
+        mean = x.mean(dim=0)
+        stats.count[players] = count
+        stats.mean[players] = mean
+        stats.m2[players] = ((x - mean) ** 2).sum(dim=0)
+        stats.low[players] = x.min(dim=0).values
+        stats.high[players] = x.max(dim=0).values
+        return stats
+
     def merge(self, other: RunningStats) -> None:
         """Fold in statistics of disjoint samples of the same players."""
-        n = self.count + other.count
-        delta = other.mean - self.mean
-        safe = n.clamp(min=1).double()
-        self.mean = self.mean + delta * other.count / safe
-        self.m2 = self.m2 + other.m2 + delta * delta * self.count * other.count / safe
-        self.count = n
+        self.count, self.mean, self.m2 = merge_moments(
+            self.count, self.mean, self.m2, other.count, other.mean, other.m2
+        )
         self.low = torch.minimum(self.low, other.low)
         self.high = torch.maximum(self.high, other.high)
 
@@ -57,7 +78,9 @@ class RunningStats:
 
     @property
     def stderr(self) -> Tensor:
-        return (self.var / self.count.clamp(min=1)).sqrt()
+        """Standard error of each mean; NaN below 2 samples, where it cannot be estimated (it is not 0)."""
+        se = (self.var / self.count.clamp(min=1)).sqrt()
+        return torch.where(self.count >= 2, se, torch.full_like(se, float("nan")))
 
     @property
     def value_range(self) -> Tensor:
@@ -93,10 +116,13 @@ class ShapleyResult:
 
     Attributes:
         values: estimated Shapley value of each player, (N,) float64.
-        stderr: standard error of each estimate (0 for exact values), (N,).
+        stderr: standard error of each estimate (0 for exact values; NaN where it cannot be estimated, below
+            two samples), (N,).
         counts: marginal samples behind each estimate, (N,) int64.
         n_evals: coalitions the game evaluated for this result (counted at the game).
-        converged: exact, or the requested top-k was separated before the budget ran out.
+        converged: exact, or certified: with probability ≥ 1 − ``delta`` the returned top-k (and bottom-k for
+            ``tail="bottom"|"both"``) is ``epsilon``-correct: every returned player's true value is ≥ the true
+            k-th value − ε and every player left out is ≤ it + ε (see :attr:`guarantee`).
         k: how many players ``top_k`` lists.
         names: player names (``"<module>:<channel>"`` for filters) when known.
         method: the estimator that produced it.
@@ -107,6 +133,11 @@ class ShapleyResult:
         world_size: processes that sampled together (DDP ranks); all of them hold this same result.
         local_evals: coalitions this process evaluated itself (``n_evals`` is the total over all ranks);
             ``None`` means the same as ``n_evals`` (one process).
+        tail: which end of the ranking the certificate covers: ``"top"``, ``"bottom"`` or ``"both"``.
+        epsilon: the certificate's tolerance in value units (None when nothing is certified by an interval).
+        delta: the certificate's allowed failure probability.
+        truncated: the promise is about the truncated game (scans cut at the collapse), not the game itself.
+        note: why the result could not be certified, when the estimator knows (e.g. a game that looks constant).
     """
 
     values: Tensor
@@ -124,6 +155,56 @@ class ShapleyResult:
     interrupted: bool = False
     world_size: int = 1
     local_evals: int | None = None
+    tail: str = "top"
+    epsilon: float | None = None
+    delta: float | None = None
+    truncated: bool = False
+    note: str = ""
+
+    @property
+    def guarantee(self) -> str:
+        """One sentence saying what ``converged`` promises for this result."""
+        if self.method == "exact":
+            return "exact values: every coalition was evaluated."
+        if not self.converged or self.epsilon is None or self.delta is None:
+            return "no guarantee: not certified" + (f" ({self.note})" if self.note else "") + "."
+        ends = {"top": f"top-{self.k}", "bottom": f"bottom-{self.k}", "both": f"top-{self.k} and bottom-{self.k}"}
+        game = "the truncated game" if self.truncated else "the game"
+        return (
+            f"with probability ≥ {1 - self.delta:g} the {ends[self.tail]} is ε-correct for {game}: every returned "
+            f"player's value is ≥ the k-th value − ε and every other player's ≤ it + ε, ε = {self.epsilon:.4g}."
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Same values, errors, counts (bitwise, NaN equal to NaN) and the same bookkeeping fields."""
+        if not isinstance(other, ShapleyResult):
+            return NotImplemented
+        mine, theirs = self.to_dict(), other.to_dict()
+        for key in ("values", "stderr", "counts"):
+            a, b = mine.pop(key), theirs.pop(key)
+            if a.shape != b.shape or not torch.equal(torch.nan_to_num(a, nan=0.5), torch.nan_to_num(b, nan=0.5)):
+                return False
+            if not torch.equal(a.isnan(), b.isnan()):
+                return False
+        ms, ts = mine.pop("stats"), theirs.pop("stats")
+        if (ms is None) != (ts is None) or (ms is not None and ts is not None and (
+            ms.keys() != ts.keys() or not all(torch.equal(ms[k], ts[k]) for k in ms)
+        )):
+            return False
+        mine.pop("seconds"), theirs.pop("seconds")  # wall time differs between identical runs
+        return mine == theirs
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def allclose(self, other: ShapleyResult, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
+        """Values and standard errors equal within tolerance (NaN matches NaN), same players and top-k."""
+        if self.values.shape != other.values.shape:
+            return False
+        return bool(
+            torch.allclose(self.values, other.values, rtol=rtol, atol=atol)
+            and torch.allclose(self.stderr, other.stderr, rtol=rtol, atol=atol, equal_nan=True)
+            and torch.equal(self.top_k, other.top_k)
+        )
 
     @property
     def n_players(self) -> int:
@@ -161,10 +242,16 @@ class ShapleyResult:
             "interrupted": bool(self.interrupted),
             "world_size": int(self.world_size),
             "local_evals": None if self.local_evals is None else int(self.local_evals),
+            "tail": self.tail,
+            "epsilon": None if self.epsilon is None else float(self.epsilon),
+            "delta": None if self.delta is None else float(self.delta),
+            "truncated": bool(self.truncated),
+            "note": self.note,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShapleyResult:
+        """The inverse of :meth:`to_dict`; fields missing from an older file keep their defaults."""
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

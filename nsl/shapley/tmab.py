@@ -1,66 +1,120 @@
-"""TMAB-Shapley: truncated permutation scans steered by a top-k bandit (Ghorbani & Zou, 2020), made to converge.
+"""TMAB-Shapley: a multi-armed bandit over the players that samples until the top-k is certified.
 
-Differences from the original rule, each because the original did not converge on real networks:
-- the range in the empirical Bernstein bound is each player's observed range of marginals, not R = 1;
-- a tolerance ``epsilon``: players within ε of the top-k threshold count as resolved;
-- the threshold is the midpoint between the k-th and (k+1)-th mean, so both sides of the boundary can settle;
-- ``delta`` is split over the N players (union bound) unless ``union_bound=False``;
-- budgets (``max_evals``, ``max_seconds``) end the run with ``converged=False`` instead of running forever;
-- the truncation level is relative to v(∅), so values sum to about v(N) − v(∅).
+The bandit of Ghorbani & Zou (2020) keeps a confidence interval per player and samples only the players whose
+interval still straddles the top-k boundary. nsl keeps that idea and changes what it rests on, because the
+original rule neither converges on real networks nor, once made to converge, keeps its promise:
+
+- **the certificate** (:mod:`nsl.shapley.bounds`): anytime-valid intervals (an asymptotic confidence
+  sequence, or an empirical Bernstein bound with a union over sample counts), a pooled prior on each player's
+  variance so that a few identical samples cannot certify, a union bound over the players, and LUCB's stopping
+  rule with a tolerance ε. ``converged=True`` then means: with probability ≥ 1 − δ the returned top-k (and
+  bottom-k with ``tail="bottom"|"both"``) is ε-correct. A game that looks constant, or whose intervals cannot
+  account for v(N) − v(∅), is never certified;
+- **the sampler** (:mod:`nsl.shapley.positions`): marginals at scan positions drawn from a proposal learned
+  from the collapse curve, importance-weighted and taken for all sampled players at one shared coalition, so
+  the rare early-removal marginals of a network game become common, with no truncation bias. The original
+  truncated permutation scans remain as ``sampler="scan"`` (their promise is then about the truncated game).
+
+:data:`ORIGINAL_TMAB` is the original rule as a configuration of this one loop (for benchmarks).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from nsl.games.base import Game
-from nsl.shapley._common import TAILS, check_positive_int, check_tail, check_top_k, player_names, resolve_top_k
+from nsl.shapley._common import check_positive_int, check_tail, check_top_k, player_names, resolve_top_k
+from nsl.shapley.bounds import (
+    BOUNDS,
+    bernstein_radius,
+    clt_radius,
+    prior_variance,
+    shrunk_variance,
+    top_k_certificate,
+)
 from nsl.shapley.distributed import Collective, check_same
+from nsl.shapley.positions import PositionSampler
 from nsl.shapley.registry import ESTIMATORS
-from nsl.shapley.result import RunningStats, ShapleyResult, result_from_stats
-from nsl.shapley.scan import Budget, PermutationSampler, check_fraction, sample
+from nsl.shapley.result import ShapleyResult
+from nsl.shapley.sampler import Budget, Sampler, SampleState, result_from_state, sample
+from nsl.shapley.scan import PermutationSampler, check_fraction
 
-BOUNDS = ("bernstein", "normal")
+SAMPLERS = ("positions", "scan")
 
-
-def confidence_radius(stats: RunningStats, delta: float, bound: str = "bernstein") -> Tensor:
-    """Half-width of each player's confidence interval at level 1 − δ; inf below 2 samples.
-
-    ``bernstein``: Maurer & Pontil's empirical Bernstein bound with the player's observed range R,
-    ``sqrt(2·var·ln(2/δ)/n) + 7·R·ln(2/δ) / (3·(n − 1))``. ``normal``: the CLT interval ``z·stderr``.
-    """
-    n = stats.count.double()
-    var = stats.var
-    if bound == "normal":
-        z = math.sqrt(2) * torch.erfinv(torch.tensor(1 - delta, dtype=torch.float64))
-        radius = z * (var / n.clamp(min=1)).sqrt()
-    else:
-        log = math.log(2 / delta)
-        radius = (2 * var * log / n.clamp(min=1)).sqrt() + 7 * stats.value_range * log / (3 * (n - 1).clamp(min=1))
-    return torch.where(n >= 2, radius, torch.full_like(radius, float("inf")))
-
-
-def _straddles(mean: Tensor, radius: Tensor, k: int, epsilon: float) -> Tensor:
-    top = torch.topk(mean, k + 1).values
-    threshold = (top[k - 1] + top[k]) / 2
-    return ~((mean - radius >= threshold - epsilon) | (mean + radius <= threshold + epsilon))
+#: The original TMAB-Shapley rule (Ghorbani & Zou 2020) as options of :func:`tmab`: truncated permutation
+#: scans, an empirical Bernstein bound with R = 1 at fixed sample sizes, δ = 0.2 without a union bound, no
+#: tolerance and no prior. Its truncation (0.25 of |v(N) − v(∅)|) is the original "0.2 above chance" on a
+#: 10-class accuracy.
+ORIGINAL_TMAB: dict[str, object] = {
+    "sampler": "scan",
+    "bound": "bernstein",
+    "value_range": 1.0,
+    "anytime": False,
+    "delta": 0.2,
+    "union_bound": False,
+    "epsilon": 0.0,
+    "prior_samples": 0.0,
+    "min_samples": 2,
+    "truncation": 0.25,
+    "patience": 5,
+}
 
 
-def unresolved(
-    stats: RunningStats, k: int, delta: float, epsilon: float, min_samples: int, bound: str, tail: str = "top"
+def confidence_radius(
+    stats: object,
+    delta: float,
+    bound: str = "clt",
+    *,
+    anytime: bool = True,
+    prior_samples: float = 5.0,
+    prior_k: int = 10,
+    value_range: float | None = None,
+    min_samples: int = 2,
 ) -> Tensor:
-    """Players whose interval still straddles the top-k (or bottom-k) threshold, widened by ``epsilon``."""
-    mean = stats.mean
-    radius = confidence_radius(stats, delta, bound)
-    active = stats.count < min_samples
-    if tail in ("top", "both"):
-        active |= _straddles(mean, radius, k, epsilon)
-    if tail in ("bottom", "both"):
-        active |= _straddles(-mean, radius, k, epsilon)
-    return active
+    """Each player's interval half-width at level 1 − ``delta`` (see :mod:`nsl.shapley.bounds`); inf below
+    ``min_samples`` samples. ``stats`` is a :class:`~nsl.shapley.result.RunningStats`."""
+    prior = prior_variance(stats, prior_k) if prior_samples > 0 else 0.0  # type: ignore[arg-type]
+    var = shrunk_variance(stats, prior, prior_samples) if prior_samples > 0 else stats.var  # type: ignore[attr-defined]
+    count = stats.count  # type: ignore[attr-defined]
+    if bound == "clt":
+        radius = clt_radius(var, count, delta, anytime=anytime)
+    else:
+        observed = stats.value_range  # type: ignore[attr-defined]
+        width = observed.max() if value_range is None else value_range
+        radius = bernstein_radius(var, count, delta, width, anytime=anytime)
+    return torch.where(count >= min_samples, radius, torch.full_like(radius, float("inf")))
+
+
+def pair_bounds(
+    state: SampleState, delta: float, prior_samples: float, min_samples: int, anytime: bool = True
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """Lower confidence bounds on φ_a − φ_b from the tracked pairs' sample differences (−inf where untracked).
+
+    The same construction as for single players: an asymptotic confidence sequence with each pair's variance
+    shrunk toward a pooled prior (the median variance of the tracked pairs), at least ``min_samples`` samples.
+    """
+    sampled = (state.pair_count >= 2) & ~torch.eye(state.n_slots, dtype=torch.bool)
+    var = state.pair_m2 / (state.pair_count - 1).clamp(min=1)
+    prior = float(var[sampled].median()) if bool(sampled.any()) else 0.0
+    n = state.pair_count
+    shrunk = (n * var + prior_samples * prior) / (n + prior_samples).clamp(min=1e-12)
+    radius = clt_radius(shrunk, n, delta, anytime=anytime)
+    table = torch.where(n >= min_samples, state.pair_mean - radius, torch.full_like(radius, -math.inf))
+
+    def lower(a: Tensor, b: Tensor) -> Tensor:
+        sa, sb = state.pair_slot[a], state.pair_slot[b]
+        out = torch.full((len(a), len(b)), -math.inf, dtype=torch.float64)
+        known = (sa >= 0).unsqueeze(1) & (sb >= 0).unsqueeze(0)
+        if bool(known.any()):
+            values = table[sa.clamp(min=0).unsqueeze(1), sb.clamp(min=0).unsqueeze(0)]
+            out = torch.where(known, values, out)
+        return out
+
+    return lower
 
 
 @ESTIMATORS.register("tmab")
@@ -68,17 +122,22 @@ def tmab(
     game: Game,
     top_k: int | None = None,
     *,
+    tail: str = "top",
     delta: float = 0.05,
     epsilon: float = 0.01,
-    truncation: float | None = 0.25,
-    patience: int = 5,
+    sampler: str = "positions",
+    bound: str = "clt",
     union_bound: bool = True,
-    bound: str = "normal",
-    min_samples: int = 5,
+    anytime: bool = True,
+    prior_samples: float = 5.0,
+    min_samples: int = 10,
+    value_range: float | None = None,
+    truncation: float | None = None,
+    patience: int = 5,
+    antithetic: bool = False,
+    pilot_scans: int = 2,
     max_evals: int | None = -1,
     max_seconds: float | None = None,
-    antithetic: bool = False,
-    tail: str = "top",
     batch_size: int | None = None,
     seed: int = 0,
     names: list[str] | None = None,
@@ -86,92 +145,136 @@ def tmab(
     progress: bool = False,
     collective: Collective | object | None = None,
 ) -> ShapleyResult:
-    """Estimate Shapley values precisely enough to name the ``top_k`` players, with few evaluations.
+    """Estimate Shapley values until the ``top_k`` players are certified, sampling only the undecided ones.
 
-    Each scan removes players along a random order; players already known to be inside or outside the
-    top-k (their confidence interval clears the threshold) are removed without being evaluated.
+    ``converged=True`` means: with probability ≥ 1 − ``delta`` every returned player's true value is ≥ the
+    true k-th value − ε and every player left out is ≤ it + ε, with ε = ``epsilon`` × the game's value scale
+    (|v(N) − v(∅)|, or the spread of the values seen when that is larger); the result carries ε in value
+    units (``result.epsilon``) and δ, and ``result.guarantee`` says it in a sentence.
 
     Args:
         game: any game (``n_players`` and ``__call__(present) -> values``).
-        top_k: how many top players to separate from the rest (default ``min(10, N − 1)``).
-        delta: allowed probability that a player is misplaced (split over N players with ``union_bound``).
-        epsilon: tolerance as a fraction of |v(N) − v(∅)|: players this close to the threshold count as
-            resolved.
-        truncation: end a scan once the value stays within this fraction of |v(N) − v(∅)| from v(∅) for
-            ``patience`` evaluations (0.25 is the original rule's "within 0.2 of chance accuracy" on a 10-class
-            model); ``None`` for unbiased estimates.
-        union_bound: split δ over the N players.
-        bound: ``"normal"`` (CLT interval from each player's sample variance) or ``"bernstein"`` (empirical
-            Bernstein with each player's observed range: a guarantee without normality, but on a 104-filter
-            digits CNN it needs several times more evaluations).
-        min_samples: samples every player gets before it can be resolved.
+        top_k: how many players to separate (default ``min(10, N − 1)``).
+        tail: which end to certify: the ``"top"`` k (most valuable), the ``"bottom"`` k (most negative: the
+            culprits of accuracy or fairness games) or ``"both"``.
+        delta: allowed probability that the certificate is wrong.
+        epsilon: tolerance as a fraction of the game's value scale.
+        sampler: ``"positions"`` (importance-weighted scan positions at shared coalitions; unbiased) or
+            ``"scan"`` (permutation scans, optionally truncated).
+        bound: ``"clt"`` (asymptotic confidence sequence with a pooled variance prior) or ``"bernstein"``
+            (empirical Bernstein with a known sample range ``value_range``: distribution-free, slow).
+        union_bound: split δ over the N players (needed for the promise).
+        anytime: intervals valid at every sample size (needed for the promise: the bandit looks every round).
+        prior_samples: weight, in samples, of the pooled variance prior (0: each player's own variance only).
+        min_samples: samples every player gets before it can be set aside.
+        value_range: for ``bound="bernstein"``: the length of the interval the samples lie in (default: the
+            widest range seen among all players' samples, an estimate).
+        truncation, patience, antithetic: for ``sampler="scan"``: end a scan once the value stays within this
+            fraction of the value scale from v(∅) for ``patience`` evaluations; follow each order by its reverse.
+        pilot_scans: for ``sampler="positions"``: antithetic removal scans that start the run.
         max_evals, max_seconds: budget; when it runs out first, ``converged`` is False. The default
-            ``max_evals=-1`` means 100 evaluations per player; ``None`` means no limit.
-        antithetic: follow each random order by its reverse.
-        tail: which players to separate: the ``"top"`` k (most valuable), the ``"bottom"`` k (most negative:
-            the culprits of accuracy or fairness games) or ``"both"``.
+            ``max_evals=-1`` means 200 evaluations per player; ``None`` means no limit.
         batch_size: coalitions per call to the game (default: the game's chunk size).
-        seed: seeds the orders (same seed, same result); the global RNG is never used.
+        seed: seeds the sampling (same seed, same result); the global RNG is never used.
         names: player names for the result (default: the game's players' names).
         resume: continue from an earlier result's statistics (give it a different ``seed``).
-        progress: show a progress bar (evaluations, active players, seconds left). Ctrl-C stops sampling and
-            returns the partial result with ``interrupted=True`` and ``converged=False``.
+        progress: show a progress bar. Ctrl-C stops sampling and returns the partial result with
+            ``interrupted=True`` and ``converged=False``.
         collective: sample on several processes (DDP ranks) together: a
-            :class:`~nsl.shapley.distributed.Collective`, a Lightning ``Trainer`` or ``Strategy``, or ``"auto"``
-            (``torch.distributed`` when initialised). Every rank must call ``tmab`` with the same game and
-            settings; each scans its own orders, the statistics are merged every round, and every rank returns
-            the same result, whose ``n_evals`` and budget count the evaluations of all ranks. ``None``: one
-            process.
+            :class:`~nsl.shapley.distributed.Collective`, a Lightning ``Trainer`` or ``Strategy``, or ``"auto"``.
+            Every rank must call ``tmab`` with the same game and settings; each samples with its own seed, the
+            statistics are merged every round, and every rank returns the same result.
+
+    Example:
+        >>> from nsl.games.synthetic import network_game
+        >>> game = network_game(100, "rare", seed=0)
+        >>> result = tmab(game, top_k=10, seed=0)
+        >>> result.converged, sorted(result.top_k.tolist()) == sorted(game.shapley().topk(10).indices.tolist())
+        (True, True)
     """
     n = getattr(game, "n_players", None)
     if isinstance(n, int) and top_k is not None:
         check_top_k(top_k, n)
-    if not isinstance(delta, (int, float)) or not 0 < delta < 1:
+    check_tail(tail)
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
         raise ValueError(f"delta={delta!r} is not accepted; use a number in (0, 1).")
     check_fraction("epsilon", epsilon, allow_none=False)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r} is not supported; use one of {SAMPLERS}.")
     if bound not in BOUNDS:
         raise ValueError(f"bound={bound!r} is not supported; use one of {BOUNDS}.")
-    check_tail(tail)
-    check_positive_int("min_samples", min_samples)
-    if max_evals == -1:
-        max_evals = 100 * n if isinstance(n, int) and n > 0 else None
-    budget = Budget(max_evals, max_seconds)
-    sampler = PermutationSampler(
-        game,
-        truncation=truncation,
-        patience=patience,
-        antithetic=antithetic,
-        batch_size=batch_size,
-        seed=seed,
-        resume=resume,
-        collective=collective,
-    )
-    n = sampler.n_players
-    top_k = resolve_top_k(top_k, n)
-    level = delta / n if union_bound else delta
-    tolerance = epsilon * sampler.span
-    if sampler.collective is not None:
-        check_same(
-            sampler.collective, top_k=top_k, delta=delta, epsilon=epsilon, min_samples=min_samples,
-            max_evals=max_evals, union_bound=union_bound, bound=BOUNDS.index(bound), tail=TAILS.index(tail),
+    if sampler == "positions" and (truncation is not None or antithetic):
+        raise ValueError(
+            f"truncation={truncation!r} and antithetic={antithetic!r} apply to sampler='scan'; the 'positions' "
+            "sampler visits late positions rarely instead of cutting scans (leave them at None and False)."
         )
+    check_positive_int("min_samples", min_samples)
+    if isinstance(prior_samples, bool) or not isinstance(prior_samples, (int, float)) or prior_samples < 0:
+        raise ValueError(f"prior_samples={prior_samples!r} is not accepted; use a number ≥ 0.")
+    if value_range is not None and not (isinstance(value_range, (int, float)) and value_range > 0):
+        raise ValueError(f"value_range={value_range!r} is not accepted; use None or a number > 0.")
+    if max_evals == -1:
+        max_evals = 200 * n if isinstance(n, int) and n > 0 else None
+    budget = Budget(max_evals, max_seconds)
+    common = {"batch_size": batch_size, "seed": seed, "resume": resume, "collective": collective}
+    engine: Sampler
+    if sampler == "positions":
+        engine = PositionSampler(game, pilot_scans=pilot_scans, **common)
+    else:
+        engine = PermutationSampler(game, truncation=truncation, patience=patience, antithetic=antithetic, **common)
+    n = engine.n_players
+    top_k = resolve_top_k(top_k, n)
+    pairs = engine.n_slots > 0
+    # δ is split over the N players' intervals, and with pairs half of it over the N(N−1)/2 pair intervals.
+    level = (delta / 2 if pairs else delta) / n if union_bound else delta
+    pair_level = delta / max(1, n * (n - 1)) if union_bound else delta
+    if engine.collective is not None:
+        check_same(
+            engine.collective, top_k=top_k, delta=delta, epsilon=epsilon, min_samples=min_samples,
+            max_evals=max_evals, union_bound=union_bound, bound=BOUNDS.index(bound), tail=("top", "bottom",
+            "both").index(tail), sampler=SAMPLERS.index(sampler), prior_samples=prior_samples,
+        )
+    everyone = torch.ones(n, dtype=torch.bool)
+    verdict = {"certified": False, "note": ""}
 
     def next_active() -> Tensor | None:
-        active = unresolved(sampler.stats, top_k, level, tolerance, min_samples, bound, tail)
-        return active if bool(active.any()) else None
+        stats = engine.stats
+        tolerance = epsilon * engine.scale
+        if engine.scale == 0 and bool((stats.count >= min_samples).all()) and not bool(stats.var.any()):
+            verdict["note"] = "every coalition evaluated had the same value: the game looks constant"
+            return None
+        radius = confidence_radius(
+            stats, level, bound, anytime=anytime, prior_samples=prior_samples, prior_k=top_k,
+            value_range=value_range, min_samples=min_samples,
+        )
+        lower = pair_bounds(engine.state, pair_level, prior_samples, min_samples, anytime) if pairs else None
+        certified, active = top_k_certificate(stats.mean, radius, top_k, tolerance, tail, lower)
+        if certified and not bool(stats.var.any()):
+            certified, active = False, everyone  # no sample has varied yet: nothing is known about anyone
+        if certified and engine.truncation_free:
+            # The intervals must account for v(N) − v(∅) (efficiency): if they cannot, some player's mass has
+            # not been seen yet (a rare event every interval missed) and everyone needs more samples.
+            total = engine.v_full - engine.v_empty
+            if not float((stats.mean - radius).sum()) <= total + 1e-12 <= float((stats.mean + radius).sum()) + 2e-12:
+                certified, active = False, everyone
+        verdict["certified"] = certified
+        return None if certified else active
 
-    interrupted = sample(sampler, budget, next_active, progress=progress, desc="tmab")
-    return result_from_stats(
-        sampler.stats,
-        n_evals=sampler.total_evals,
-        local_evals=sampler.local_evals,
-        world_size=sampler.world_size,
-        converged=not interrupted and next_active() is None,
+    interrupted = sample(engine, budget, next_active, progress=progress, desc="tmab")
+    if not interrupted:
+        next_active()  # the verdict on the final statistics
+    truncated = isinstance(engine, PermutationSampler) and engine.truncation is not None
+    return result_from_state(
+        engine,
+        converged=not interrupted and bool(verdict["certified"]),
         interrupted=interrupted,
         k=top_k,
         names=player_names(game, names),
         method="tmab",
         seconds=budget.seconds,
-        full_value=sampler.v_full,
-        empty_value=sampler.v_empty,
+        tail=tail,
+        epsilon=epsilon * engine.scale,
+        delta=delta,
+        truncated=truncated,
+        note=str(verdict["note"]),
     )
