@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_unchanged, snapshot
 from torch import nn
 
+from conftest import assert_unchanged, snapshot
 from experiments import removal_curves
 from nsl import AccuracyGame, FilterPlayers, ShapleyResult, prune_filters
 from nsl.baselines import (

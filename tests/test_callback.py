@@ -8,10 +8,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import inspect_wandb, quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
+from conftest import inspect_wandb, quiet_trainer
 from nsl import NeuronShapley, ShapleyRepair, ShapleyResult
 from nsl.data import DigitsDataModule, FairDigitsDataModule
 from nsl.models import Classifier, SmallCNN

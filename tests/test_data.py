@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import quiet_trainer
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from torch import nn
 
+from conftest import quiet_trainer
 from nsl.data import (
     CelebADataModule,
     CIFAR10DataModule,

@@ -13,8 +13,8 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import inspect_wandb
 
+from conftest import inspect_wandb
 from experiments.common import random_orders
 from nsl import AccuracyGame, ClassGame, FilterPlayers, monte_carlo
 from nsl.data import load_digits_tensors

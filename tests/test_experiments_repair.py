@@ -12,10 +12,11 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import inspect_wandb
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
+
+from conftest import inspect_wandb
 
 
 def load_script(name: str) -> ModuleType:

@@ -17,8 +17,8 @@ from types import ModuleType
 import lightning as L
 import pytest
 import torch
-from conftest import quiet_trainer
 
+from conftest import quiet_trainer
 from nsl import ESTIMATORS, GAMES, NeuronShapley, ShapleyRepair, ShapleyResult
 from nsl.data import FairDigitsDataModule
 from nsl.models import Classifier, SmallCNN

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_unchanged, snapshot
 from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_recall
 
+from conftest import assert_unchanged, snapshot
 from nsl import AccuracyGame, AdversarialGame, ClassGame, FairnessGame, FilterPlayers
 from nsl.games import check_game, linf_attack
 

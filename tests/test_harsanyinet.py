@@ -10,12 +10,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import quiet_trainer
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 import nsl
+from conftest import quiet_trainer
 from nsl.data import BreastCancerDataModule, TabularDataModule, WineDataModule, load_digits_tensors
 from nsl.models import Classifier, HarsanyiCNN, HarsanyiNet
 from nsl.shapley.exact import coalitions, shapley_from_values

@@ -8,9 +8,9 @@ import math
 import lightning as L
 import pytest
 import torch
-from conftest import assert_unchanged, quiet_trainer, snapshot
 from torch import nn
 
+from conftest import assert_unchanged, quiet_trainer, snapshot
 from nsl import FilterPlayers, ShapleyResult
 from nsl.data import DigitsDataModule
 from nsl.models import Classifier, SmallCNN

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import inspect_wandb
 from torch import nn
 
+from conftest import inspect_wandb
 from experiments.benchmarks import scale as scale_module
 from nsl import AccuracyGame, FilterPlayers
 from nsl.games import CountingGame

@@ -9,7 +9,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import inspect_wandb
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 import nsl
+from conftest import inspect_wandb
 from nsl.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
