@@ -86,3 +86,19 @@ def test_sample_efficiency_quick_run(tmp_path, monkeypatch):
         assert history[f"{key}._type"] == "table-file"
         assert history[f"{key}.nrows"] == len(rows) and history[f"{key}.ncols"] == len(columns)
     assert history["figure._type"] == "image-file"
+
+
+@pytest.mark.slow
+def test_digits_tmab_quick_run(tmp_path, monkeypatch):
+    from experiments import digits_tmab
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = digits_tmab.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    assert set(out["results"]) == set(digits_tmab.METRICS)
+    for result in out["results"].values():
+        assert 0 < result.n_evals <= 600 and result.epsilon > 0
+    columns, rows = out["tables"]["against a long reference"]
+    assert len(rows) == 1 and rows[0][3] in (True, False)
+    history = _history(out["wandb_dir"])
+    assert history["tmab on the digits CNN.nrows"] == len(digits_tmab.METRICS)

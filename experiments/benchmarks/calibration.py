@@ -28,13 +28,12 @@ import math
 import multiprocessing
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from experiments import common
 from nsl.games.synthetic import NETWORK_SHAPES, network_game
-from nsl.report import report_experiment
 from nsl.shapley import tmab
 from nsl.shapley.metrics import eps_correct
 
@@ -154,31 +153,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ablation": (["safeguards", "runs", "certified", "wrong", "share (95% upper)",
                       "median evaluations to certify"], ablation_rows),
     }
-    report = report_experiment("calibration", args.out, tables=tables, summary=summary, header=header,
-                               config=vars(args), wandb=not args.no_wandb)
-    print(f"\n{header}\nwrote {report['markdown']}")
-    return {"tables": tables, "summary": summary, **report}
+    paths = common.report("calibration", args, start, tables=tables, images={}, summary=summary, header=header)
+    return {"tables": tables, "summary": summary, **paths}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", default=list(NETWORK_SHAPES), choices=NETWORK_SHAPES)
-    parser.add_argument("--sizes", nargs="+", type=int, default=[100, 300, 1000])
-    parser.add_argument("--runs", type=int, default=200, help="seeded runs per family at N ≤ 300")
-    parser.add_argument("--runs-large", type=int, default=40, help="seeded runs per family at N > 300")
-    parser.add_argument("--ablation-size", type=int, default=300)
-    parser.add_argument("--ablation-runs", type=int, default=40)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("outputs/calibration"))
-    parser.add_argument("--no-wandb", action="store_true", help="write the files only")
-    parser.add_argument("--quick", action="store_true", help="smoke setting: few small runs")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.sizes, args.runs, args.runs_large, args.ablation_size, args.ablation_runs = [100], 2, 1, 100, 2
-    for name in ("runs", "runs_large", "ablation_runs", "workers"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} is not accepted; use a positive int.")
-    return args
+    p = common.parser(__doc__, "calibration", quick="smoke setting: few small runs")
+    p.add_argument("--shapes", nargs="+", default=list(NETWORK_SHAPES), choices=NETWORK_SHAPES)
+    p.add_argument("--sizes", nargs="+", type=int, default=[100, 300, 1000])
+    p.add_argument("--runs", type=int, default=200, help="seeded runs per family at N ≤ 300")
+    p.add_argument("--runs-large", type=int, default=40, help="seeded runs per family at N > 300")
+    p.add_argument("--ablation-size", type=int, default=300)
+    p.add_argument("--ablation-runs", type=int, default=40)
+    p.add_argument("--workers", type=int, default=2)
+    quick = {"sizes": [100], "runs": 2, "runs_large": 1, "ablation_size": 100, "ablation_runs": 2}
+    return common.parse_args(p, argv, quick=quick, positive=("runs", "runs_large", "ablation_runs", "workers"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -186,4 +175,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main)

@@ -35,10 +35,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from experiments import common
 from experiments.benchmarks.competitors import COMPETITORS, min_budget
 from nsl.games import AccuracyGame, CountingGame, Game
 from nsl.games.synthetic import network_game
-from nsl.report import report_experiment
 from nsl.shapley import ORIGINAL_TMAB, monte_carlo, tmab
 from nsl.shapley.metrics import eps_correct, eps_precision, normalized_squared_error
 
@@ -102,13 +102,8 @@ def synthetic_job(job: tuple[str, int, int, dict[str, int]]) -> dict[str, Any]:
 
 def digits_game(args: argparse.Namespace) -> tuple[AccuracyGame, Tensor, dict[str, Any]]:
     """The digits CNN's accuracy game on validation images, with a long antithetic Monte Carlo reference."""
-    from nsl.data import load_digits_tensors
-    from nsl.players import FilterPlayers
-    from nsl.training import train_digits_model
-
-    model = train_digits_model(args.epochs, args.seed, args.channels)
-    x, y = load_digits_tensors("val", val_size=args.eval_size, seed=args.seed)
-    game = AccuracyGame(model, FilterPlayers(model), x, y)
+    model, players, x, y = common.trained_digits(args)
+    game = AccuracyGame(model, players, x, y)
     start = time.perf_counter()
     reference = monte_carlo(game, args.reference_perms, antithetic=True, seed=args.seed + 1000)
     order = reference.ranking()
@@ -203,11 +198,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     games = {f"{shape} N={n}": results[i * args.seeds : (i + 1) * args.seeds] for i, (shape, n) in enumerate(plan)}
     notes = []
     if args.digits:
-        torch.set_num_threads(args.threads)
-        game, reference, info = digits_game(args)
-        digits_caps = {"anytime": args.digits_max_budget, "per_budget": args.digits_max_per_budget}
-        title = f"digits CNN N={info['filters']}"
-        games[title] = [play(game, reference, 30_000 + s, digits_caps) for s in range(args.digits_seeds)]
+        with common.torch_threads(args.threads):
+            game, reference, info = digits_game(args)
+            digits_caps = {"anytime": args.digits_max_budget, "per_budget": args.digits_max_per_budget}
+            title = f"digits CNN N={info['filters']}"
+            games[title] = [play(game, reference, 30_000 + s, digits_caps) for s in range(args.digits_seeds)]
         notes.append(
             f"Digits: SmallCNN accuracy on {info['images']} validation images, {info['filters']} filters; reference "
             f"antithetic Monte Carlo, {args.reference_perms} permutations ({info['reference_evals']:,} evaluations, "
@@ -231,8 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"median normalised squared error at 1N, 2N, 5N, 10N, 30N. {time.perf_counter() - start:.0f} s.\n\n"
         + "\n\n".join(notes)
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    png = args.out / "sample_efficiency.png"
+    png = common.png_path(args, "sample_efficiency")
     plot(games, png)
     tables = {
         "evaluations to the top-10": (
@@ -240,47 +234,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ε-precision / normalised squared error by budget": (
             ["game", "method", *(f"{m}N" for m in TABLE_BUDGETS)], budget_rows),
     }
-    for key, (columns, rows) in tables.items():
-        print(f"\n{key}")
-        for row in [columns, *rows]:
-            print(" | ".join(str(c) for c in row))
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
-    report = report_experiment("sample_efficiency", args.out, tables=tables, images={"figure": png},
-                               summary=summary, header=header, config=config, wandb=not args.no_wandb)
-    print(f"\n{header}\nwrote {report['markdown']} and {png}")
-    return {"games": games, "tables": tables, "summary": summary, **report}
+    paths = common.report("sample_efficiency", args, start, tables=tables, images={"figure": png}, summary=summary,
+                          header=header)
+    return {"games": games, "tables": tables, "summary": summary, **paths}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", default=["rare", "flat", "interactions"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[100, 300])
-    parser.add_argument("--seeds", type=int, default=20, help="seeds (fresh game instances) per synthetic game")
-    parser.add_argument("--max-budget", type=int, default=500, help="largest budget of anytime methods, × N")
-    parser.add_argument("--max-per-budget", type=int, default=100, help="largest budget of per-budget methods, × N")
-    parser.add_argument("--digits", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--digits-seeds", type=int, default=5)
-    parser.add_argument("--digits-max-budget", type=int, default=200)
-    parser.add_argument("--digits-max-per-budget", type=int, default=30)
-    parser.add_argument("--reference-perms", type=int, default=400, help="antithetic permutations of the reference")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--eval-size", type=int, default=100, help="validation images in the digits game")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs/sample_efficiency"))
-    parser.add_argument("--no-wandb", action="store_true", help="write the files only")
-    parser.add_argument("--quick", action="store_true", help="smoke setting (small games, few seeds and rungs)")
-    args = parser.parse_args(argv)
-    args.channels = (24, 32, 48)
-    if args.quick:
-        args.shapes, args.sizes, args.seeds, args.max_budget, args.max_per_budget = ["rare"], [40], 2, 30, 10
-        args.digits_seeds, args.digits_max_budget, args.digits_max_per_budget = 1, 10, 5
-        args.reference_perms, args.epochs, args.eval_size, args.channels = 4, 1, 40, (4, 6, 8)
-    for name in ("seeds", "digits_seeds", "max_budget", "max_per_budget", "reference_perms", "workers", "threads"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} is not accepted; use a positive int.")
-    return args
+    p = common.parser(__doc__, "sample_efficiency", quick="smoke setting (small games, few seeds and rungs)")
+    p.add_argument("--shapes", nargs="+", default=["rare", "flat", "interactions"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[100, 300])
+    p.add_argument("--seeds", type=int, default=20, help="seeds (fresh game instances) per synthetic game")
+    p.add_argument("--max-budget", type=int, default=500, help="largest budget of anytime methods, × N")
+    p.add_argument("--max-per-budget", type=int, default=100, help="largest budget of per-budget methods, × N")
+    p.add_argument("--digits", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--digits-seeds", type=int, default=5)
+    p.add_argument("--digits-max-budget", type=int, default=200)
+    p.add_argument("--digits-max-per-budget", type=int, default=30)
+    p.add_argument("--reference-perms", type=int, default=400, help="antithetic permutations of the reference")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--eval-size", type=int, default=100, help="validation images in the digits game")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    quick = {"shapes": ["rare"], "sizes": [40], "seeds": 2, "max_budget": 30, "max_per_budget": 10,
+             "digits_seeds": 1, "digits_max_budget": 10, "digits_max_per_budget": 5, "reference_perms": 4,
+             "epochs": 1, "eval_size": 40}
+    positive = ("seeds", "digits_seeds", "max_budget", "max_per_budget", "reference_perms", "workers", "threads")
+    return common.parse_args(p, argv, quick=quick, quick_channels=(4, 6, 8), positive=positive)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -288,4 +267,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main)
