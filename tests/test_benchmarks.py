@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import inspect_wandb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -98,7 +99,7 @@ def test_digits_tmab_quick_run(tmp_path, monkeypatch):
     assert set(out["results"]) == set(digits_tmab.METRICS)
     for result in out["results"].values():
         assert 0 < result.n_evals <= 600 and result.epsilon > 0
-    columns, rows = out["tables"]["against a long reference"]
+    _, rows = out["tables"]["against a long reference"]
     assert len(rows) == 1 and rows[0][3] in (True, False)
     history = _history(out["wandb_dir"])
     assert history["tmab on the digits CNN.nrows"] == len(digits_tmab.METRICS)

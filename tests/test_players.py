@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_unchanged, snapshot
 from torch import nn
 
+from conftest import assert_unchanged, snapshot
 from nsl import FilterPlayers
 
 

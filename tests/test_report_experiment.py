@@ -8,8 +8,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import pytest
-from conftest import inspect_wandb
 
+from conftest import inspect_wandb
 from nsl.report import report_experiment
 
 

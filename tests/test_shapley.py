@@ -8,8 +8,8 @@ import time
 
 import pytest
 import torch
-from conftest import assert_unchanged, snapshot
 
+from conftest import assert_unchanged, snapshot
 from nsl import AccuracyGame, FilterPlayers, ShapleyResult, exact, monte_carlo, tmab
 from nsl.games import HarsanyiGame, additive_game, pairwise_game
 from nsl.shapley import confidence_radius
