@@ -130,7 +130,8 @@ def test_other_loggers_and_no_logger(tmp_path: Path, kind: str) -> None:
 
 def test_resume_from_checkpoint_keeps_statistics(tmp_path: Path) -> None:
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1, every_n_epochs=1)
-    options = {"estimator": "monte_carlo", "estimator_kwargs": {"n_permutations": 3}, "accumulate": True}
+    # accumulate=1.0 resumes the old statistics as they are (True would count them at half weight).
+    options = {"estimator": "monte_carlo", "estimator_kwargs": {"n_permutations": 3}, "accumulate": 1.0}
     cb = NeuronShapley(games="accuracy", every_n_epochs=1, at_fit_end=False, **options, **FAST)
     fit(tmp_path, [cb, ckpt], epochs=2, enable_checkpointing=True)
     first = cb.results["accuracy"]
@@ -144,7 +145,7 @@ def test_resume_from_checkpoint_keeps_statistics(tmp_path: Path) -> None:
     trainer.fit(model, DigitsDataModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert [h["epoch"] for h in resumed.history["accuracy"]] == [0, 1, 2]
     assert resumed.runs == 3
-    # With accumulate=True the third run continued from the checkpointed statistics: 3 permutations per run,
+    # With accumulate=1.0 the third run continued from the checkpointed statistics: 3 permutations per run,
     # one sample per filter per permutation.
     assert torch.all(first.counts == 6)
     assert torch.all(resumed.results["accuracy"].counts == 9)

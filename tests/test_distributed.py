@@ -171,7 +171,8 @@ class SaveResults(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         shapley = next(cb for cb in trainer.callbacks if isinstance(cb, NeuronShapley))
-        saved = {name: r.to_dict() for name, r in shapley.results.items()}
+        saved = {spec.name: shapley.results[spec.name].to_dict() for spec in shapley.specs}
+        saved["picked"] = dict(shapley.picked)
         saved["eval_targets"] = shapley.evaluation_data(trainer).targets.cpu()
         saved["files"] = sorted(p.name for p in shapley.output_dir(trainer).glob("*")) if trainer.is_global_zero else []
         torch.save(saved, self.folder / f"rank{trainer.global_rank}.pt")
@@ -216,7 +217,11 @@ def test_neuron_shapley_callback_under_ddp_spawn(tmp_path: Path, monkeypatch: py
         # The budget counts both ranks and cuts their steps: the run ends at 300 evaluations (+1 for rounding,
         # −2 when the last share is too small for a marginal).
         assert not a["converged"] and 298 <= a["n_evals"] <= 301
-    assert ranks[0]["files"] == ["accuracy.csv", "accuracy.pt", "class.csv", "class.pt"]
+    # Rank 0's picked class on every rank; the files carry it; the fit-end analysis has a checkpoint of its own.
+    picked = ranks[0]["picked"]["class"]
+    assert ranks[1]["picked"] == {"class": picked}
+    assert ranks[0]["files"] == ["accuracy.csv", "accuracy.pt", f"class_{picked}.csv", f"class_{picked}.pt",
+                                 "fit_end.ckpt"]
     saved = ShapleyResult.load(tmp_path / "neuron_shapley" / "accuracy.pt")
     assert torch.equal(saved.values, ranks[0]["accuracy"]["values"]) and saved.world_size == 2
     assert math.isclose(saved.full_value, ranks[1]["accuracy"]["full_value"])

@@ -10,22 +10,27 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
 from typing_extensions import override
 
 from nsl.callback import data as eval_data
-from nsl.callback.specs import GameSpec, parse_games
+from nsl.callback.specs import GameSpec, game_options, parse_games
 from nsl.games import EvalData, ModelGame
+from nsl.games.base import model_device
 from nsl.interactions import SubGame, pairwise_interactions
 from nsl.players import ABLATIONS, FilterPlayers
 from nsl.report import log_result, removal_curve, removal_plot, top_rows, value_histogram, write_csv
-from nsl.shapley import ESTIMATORS, LightningCollective, ShapleyResult
+from nsl.shapley import ESTIMATORS, LightningCollective, ShapleyResult, discounted
 from nsl.validation import check_bool, check_choice, check_int, check_number
 
 MAX_INTERACTIONS = 12
+#: The share of old samples kept by ``accumulate=True``: the previous run's statistics count half, so intervals
+#: widen and players resolved on an earlier model are sampled again.
+ACCUMULATE_WEIGHT = 0.5
 # What the callback hands every estimator; an estimator that does not take one of these simply does not get it
 # (``exact`` has no budget or seed). The user's ``estimator_kwargs`` are always passed, and checked up front.
 COMMON_ESTIMATOR_ARGS = ("top_k", "tail", "seed", "names", "max_evals", "max_seconds", "resume", "progress",
@@ -40,6 +45,27 @@ def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in parameters}
 
 
+class Results(dict):
+    """Results by result name; a game's spec name finds its result too (``results["class"]`` finds
+    ``results["class_3"]`` once the class game picked class 3)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.aliases: dict[str, str] = {}
+
+    def _key(self, name: object) -> object:
+        return name if dict.__contains__(self, name) else self.aliases.get(name, name)  # type: ignore[call-overload]
+
+    def __getitem__(self, name: str) -> ShapleyResult:
+        return super().__getitem__(self._key(name))
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(self._key(name))
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(self._key(name), default)
+
+
 class NeuronShapley(Callback):
     r"""Find the filters responsible for accuracy, one class, fairness or adversarial weakness while training.
 
@@ -52,6 +78,18 @@ class NeuronShapley(Callback):
     ``callback.history[name]``; results are logged (histogram, top-k table, removal curve) and saved to
     ``save_dir`` as ``<game>.pt`` (:meth:`ShapleyResult.load`) and ``<game>.csv``. To act on the culprits, add
     a :class:`~nsl.callback.ShapleyRepair` after this callback.
+
+    **Before training** (at fit start, before the first optimizer step) the callback plays a dry run: it draws
+    the evaluation set, builds every game and evaluates v(N) and v(∅) once, so bad data or configurations
+    (unknown batch keys, NaN inputs, labels out of range, a class without samples, fairness without groups,
+    ``top_k`` ≥ N ...) fail then, not after the last epoch. A game whose spec says ``required: false`` is
+    skipped instead when the data cannot support it (one info line says why). The dry run leaves weights,
+    buffers, hooks, modes and the global RNGs as they were.
+
+    **Class games** without a ``class_index`` pick the class the model gets most wrong at their first analysis
+    (not at the dry run: the model is untrained then) and keep it for the rest of the fit and on resume (it is
+    in the callback's state). The result then carries the class in its name: ``results["class_3"]`` (also found
+    as ``results["class"]``), files ``class_3.pt``/``.csv``, log keys ``shapley/class_3/...`` and the summary.
 
     Under DDP every rank analyses the same evaluation set (the first ``eval_size`` examples of the whole
     validation data, as rank 0 read them) and samples its own permutations; the estimator statistics are
@@ -75,15 +113,19 @@ class NeuronShapley(Callback):
         max_evals, max_seconds: budget per game and run; the result says whether it converged first.
         seed: seeds every estimator and game (run r of game g uses its own derived seed).
         estimator_kwargs: further keywords for the estimator (``epsilon``, ``truncation``, ``n_permutations`` ...).
-        accumulate: continue sampling from the previous run's statistics (for late-training runs on a model
-            that barely changes) instead of starting afresh.
+        accumulate: continue sampling from the previous run's statistics instead of starting afresh. A number in
+            (0, 1] is the share of the old samples kept: old statistics count as that many samples (means and
+            variances kept), so intervals widen again and players resolved on an earlier model are re-sampled;
+            ``True`` keeps :data:`ACCUMULATE_WEIGHT` (0.5), ``1.0`` all (for a model that no longer changes).
         removal_curve: log the value as top filters are removed, next to random removal (``False`` to skip).
         curve_steps: the removal curve goes up to this many filters (``None``: ``3 · top_k``).
         chunk_size: coalitions per forward pass (``None``: games choose from the evaluation batch size).
         save_dir: folder for result files (``None``: ``<trainer.default_root_dir>/neuron_shapley``).
         interactions: also compute the exact pairwise Shapley interaction index among this many top filters
             (all other filters kept on; 2^n evaluations, n ≤ 12) and log it as a heatmap; 0 to skip.
-        verbose: print a summary of each run.
+        verbose: print the selected layers and a summary of each run.
+        save_checkpoint: after the fit-end analysis save ``<save_dir>/fit_end.ckpt`` (``trainer.save_checkpoint``),
+            which holds that analysis in this callback's state: ``ModelCheckpoint`` files are written before it.
 
     Example::
 
@@ -96,8 +138,11 @@ class NeuronShapley(Callback):
         >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, callbacks=[shapley], logger=False,
         ...                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         >>> trainer.fit(Classifier(SmallCNN(channels=(4, 6, 8))), DigitsDataModule())
-        >>> sorted(shapley.results), len(shapley.results["accuracy"].top_k)
-        (['accuracy', 'class'], 3)
+        >>> len(shapley.results["accuracy"].top_k)
+        3
+        >>> picked = shapley.picked["class"]  # the class game picked the class the model got most wrong
+        >>> sorted(shapley.results) == ["accuracy", f"class_{picked}"], shapley.results["class"].k
+        (True, 3)
     """
 
     def __init__(
@@ -116,13 +161,14 @@ class NeuronShapley(Callback):
         max_seconds: float | None = None,
         seed: int = 0,
         estimator_kwargs: Mapping[str, Any] | None = None,
-        accumulate: bool = False,
+        accumulate: bool | float = False,
         removal_curve: bool = True,
         curve_steps: int | None = None,
         chunk_size: int | None = None,
         save_dir: str | Path | None = None,
         interactions: int = 0,
         verbose: bool = True,
+        save_checkpoint: bool = True,
     ) -> None:
         super().__init__()
         self.specs: list[GameSpec] = parse_games(games)
@@ -144,16 +190,19 @@ class NeuronShapley(Callback):
         self.chunk_size = chunk_size
         self.interactions = interactions
         self.verbose = verbose
+        self.save_checkpoint = save_checkpoint
         self._validate_init()
         self.data = eval_data.from_tensors(data, eval_size) if data is not None else None
         self.save_dir = Path(save_dir) if save_dir is not None else None
-        self.results: dict[str, ShapleyResult] = {}
+        self.results: Results = Results()
         self.history: dict[str, list[dict[str, Any]]] = {s.name: [] for s in self.specs}
         self.curves: dict[str, dict[str, list]] = {}
         self.interaction_matrices: dict[str, Any] = {}
         self.runs = 0
         self._last_epoch = -1
         self._eval: EvalData | None = None
+        self.picked: dict[str, int] = {}  # spec name -> the class a class game picked (frozen for the fit)
+        self.skipped: dict[str, str] = {}  # spec name -> why the dry run skipped it (``required: false``)
 
     def _validate_init(self) -> None:
         """Every constructor argument, checked before any training starts (like ModelCheckpoint's)."""
@@ -166,6 +215,12 @@ class NeuronShapley(Callback):
         else:
             check_int("start_epoch", self.start_epoch, low=0)
         check_bool("at_fit_end", self.at_fit_end)
+        check_bool("verbose", self.verbose)
+        check_bool("save_checkpoint", self.save_checkpoint)
+        if not isinstance(self.accumulate, bool):
+            check_number("accumulate", self.accumulate, low=0, high=1)
+            if self.accumulate == 0:
+                raise ValueError("accumulate=0 is not accepted; use False, True or a number in (0, 1].")
         for name in ("eval_size", "max_evals", "curve_steps", "chunk_size"):
             check_int(name, getattr(self, name), low=1, optional=True)
         check_number("max_seconds", self.max_seconds, positive=True, optional=True)
@@ -194,27 +249,129 @@ class NeuronShapley(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """Results (with estimator statistics), histories and the schedule: tensors and plain Python only."""
+        """Results (with estimator statistics), histories, picked classes and the schedule: tensors and plain
+        Python only."""
         return {
             "results": {name: r.to_dict() for name, r in self.results.items()},
             "history": copy.deepcopy(self.history),
             "runs": self.runs,
             "last_epoch": self._last_epoch,
+            "picked": dict(self.picked),
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.results = {name: ShapleyResult.from_dict(d) for name, d in state_dict["results"].items()}
+        self.picked = {}
+        self.results = Results()
+        for name, index in state_dict.get("picked", {}).items():
+            self._pick(name, int(index))
+        for name, d in state_dict["results"].items():
+            self.results[name] = ShapleyResult.from_dict(d)
         self.history = {s.name: list(state_dict["history"].get(s.name, [])) for s in self.specs}
         self.runs = int(state_dict["runs"])
         self._last_epoch = int(state_dict["last_epoch"])
+
+    def result_name(self, spec: GameSpec) -> str:
+        """The name a game's results are stored, saved and logged under: the spec's name, with the picked class
+        for a class game that picked one (``"class_3"``)."""
+        return self.results.aliases.get(spec.name, spec.name)
+
+    def _picks_class(self, spec: GameSpec) -> bool:
+        """A game that chooses its class from the data (a ``class_index`` option left unset)."""
+        return "class_index" in (game_options(spec.game_class) or ()) and spec.options.get("class_index") is None
+
+    def _pick(self, name: str, index: int) -> None:
+        """Freeze the class game ``name`` on class ``index`` and store its results under a name with the class."""
+        self.picked[name] = index
+        taken = {s.name for s in self.specs} | set(self.results.aliases.values())
+        label = f"{name}_{index}"
+        if label in taken:  # another spec already plays that class under this name
+            label = f"{name}_picked_{index}"
+        self.results.aliases[name] = label
 
     # ----------------------------------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Fail before training starts on layer patterns that match nothing (and similar bad configs).
         if stage == TrainerFn.FITTING:
-            self.players(pl_module)
+            players = self.players(pl_module)
+            if self.verbose:
+                layers = ", ".join(f"{layer.name} ({layer.size})" for layer in players.layers)
+                rank_zero_info(
+                    f"[NeuronShapley] players: {len(players)} filters of {len(players.layers)} layers: {layers}"
+                )
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After setup, device placement and checkpoint restore (a picked class is known again), before any
+        # optimizer step: everything the analyses will need is checked now.
+        self.dry_run(trainer, pl_module)
+
+    def dry_run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Draw the evaluation data, build every game and evaluate v(N) and v(∅) once; fail on what a later
+        analysis would fail on (naming the bad value and what is accepted), skip the games a ``required: false``
+        spec allows to skip. Call it on every rank at once; the model and the global RNGs are left as they were.
+        """
+        self.skipped = {}
+        with eval_data.preserved_rng(), torch.inference_mode(False):
+            data = self.evaluation_data(trainer)
+            eval_data.check_data(data)
+            data = data.to(model_device(pl_module))  # where the model is now (the games evaluate there)
+            players = self.players(pl_module)
+            share = (lambda obj: trainer.strategy.broadcast(obj, src=0)) if trainer.world_size > 1 else None
+            n_outputs = None
+            for g, spec in enumerate(self.specs):
+                fixed = self._fixed(spec)
+                reason = spec.game_class.unsupported(data, {**spec.options, **fixed})
+                if reason is not None:
+                    if spec.required:
+                        raise ValueError(
+                            f"game {spec.name!r} cannot be played: {reason}. Set `required: false` in its spec to "
+                            "skip it on such data."
+                        )
+                    self.skipped[spec.name] = reason
+                    rank_zero_info(f"[NeuronShapley] skipping game {spec.name!r} (required: false): {reason}.")
+                    continue
+                self._check_top_k(spec, len(players))
+                options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
+                try:
+                    game = spec.build(pl_module, players, data, seed=self.seed + g, share=share, fixed=fixed, **options)
+                    game(torch.stack([torch.ones(len(players)), torch.zeros(len(players))]).bool())  # v(N), v(∅)
+                except (ValueError, TypeError) as err:
+                    raise type(err)(f"game {spec.name!r} failed its dry run before training: {err}") from err
+                n_outputs = game.num_classes
+        if len(self.skipped) == len(self.specs):
+            raise ValueError(f"every game was skipped on this evaluation data ({self.skipped}); nothing to play.")
+        if n_outputs is not None:
+            self._warn_output_layer(pl_module, players, n_outputs)
+
+    def _fixed(self, spec: GameSpec) -> dict[str, Any]:
+        """Options the callback froze for this game: the class a class game picked."""
+        return {"class_index": self.picked[spec.name]} if spec.name in self.picked else {}
+
+    def _check_top_k(self, spec: GameSpec, n_players: int) -> int:
+        """The game's ``top_k``, which must leave at least one player outside it: in [1, N − 1]."""
+        top_k = spec.top_k or self.top_k
+        if top_k > n_players - 1:
+            which = f"top_k={top_k} of game {spec.name!r}" if spec.top_k else f"top_k={top_k}"
+            raise ValueError(
+                f"{which} is too large for N={n_players} filters: use a top_k in [1, {n_players - 1}] "
+                f"(or select more layers)."
+            )
+        return top_k
+
+    def _warn_output_layer(self, model: nn.Module, players: FilterPlayers, n_outputs: int) -> None:
+        """Warn when the model's output layer is among the players: its features are the logits themselves."""
+        modules = dict(model.named_modules())
+        order = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        for layer in players.layers:
+            module = modules[layer.name]
+            if isinstance(module, nn.Linear) and module.out_features == n_outputs and order[-1] == layer.name:
+                rank_zero_warn(
+                    f"NeuronShapley: layer {layer.name!r} is the model's output layer (a Linear with "
+                    f"{n_outputs} outputs, the number of classes): its {n_outputs} players are the logits "
+                    "themselves. Narrow `layers` (e.g. to the convolutions) unless you mean to score them."
+                )
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -229,6 +386,8 @@ class NeuronShapley(Callback):
         if not self.at_fit_end or trainer.fast_dev_run or trainer.interrupted:
             return
         self.run(trainer, pl_module, stage="fit_end")
+        if self.save_checkpoint:  # ModelCheckpoint saved before this analysis: keep it in a checkpoint of its own
+            trainer.save_checkpoint(self.output_dir(trainer) / "fit_end.ckpt", weights_only=False)  # with callbacks
 
     def _start(self, trainer: L.Trainer) -> int:
         if isinstance(self.start_epoch, float):
@@ -249,9 +408,9 @@ class NeuronShapley(Callback):
 
     # ----------------------------------------------------------------------------------------- analysis
     def spec(self, name: str) -> GameSpec:
-        """The spec of the game whose results are stored under ``name``."""
+        """The spec of the game whose results are stored under ``name`` (its spec name or its result name)."""
         for spec in self.specs:
-            if spec.name == name:
+            if name in (spec.name, self.result_name(spec)):
                 return spec
         raise ValueError(f"game {name!r} is not one of this callback's games {[s.name for s in self.specs]}.")
 
@@ -264,7 +423,10 @@ class NeuronShapley(Callback):
     ) -> ShapleyResult:
         """Game ``name``'s result for the model as it is now: the latest one if no training step came after it,
         else a fresh run of that game alone, recorded with ``stage`` (call it on every rank at once)."""
-        history = self.history.get(self.spec(name).name) or []
+        spec = self.spec(name)
+        if spec.name in self.skipped:
+            raise ValueError(f"game {spec.name!r} was skipped before training: {self.skipped[spec.name]}.")
+        history = self.history.get(spec.name) or []
         if not history or history[-1]["step"] != trainer.global_step or name not in self.results:
             self.run(trainer, pl_module, stage=stage, games=[name])
         return self.results[name]
@@ -280,12 +442,15 @@ class NeuronShapley(Callback):
                 data = self.data
             else:
                 loaders = trainer.val_dataloaders
-                if loaders is None and trainer.datamodule is not None:
-                    loaders = trainer.datamodule.val_dataloader()
+                if loaders is None:
+                    loaders = _validation_source(trainer)
                 if loaders is None:
                     raise ValueError(
-                        "NeuronShapley needs evaluation data: give the Trainer validation data or pass data=(x, y)."
+                        "NeuronShapley needs evaluation data: give the Trainer validation data (a val_dataloader) "
+                        f"or {eval_data.DATA_HINT}."
                     )
+                if isinstance(loaders, Mapping):
+                    loaders = list(loaders.values())
                 loader = eval_data.unsharded(loaders[0] if isinstance(loaders, (list, tuple)) else loaders)
                 data = eval_data.collect(loader, self.eval_size, getattr(trainer.datamodule, "val_groups", None))
             if trainer.world_size > 1:
@@ -315,20 +480,26 @@ class NeuronShapley(Callback):
             collective = LightningCollective(trainer.strategy) if trainer.world_size > 1 else None
             share = None if collective is None else (lambda obj: trainer.strategy.broadcast(obj, src=0))
             for g, spec in enumerate(self.specs):
-                if wanted is not None and spec.name not in wanted:
+                if (wanted is not None and spec.name not in wanted) or spec.name in self.skipped:
                     continue
                 options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
-                game = spec.build(pl_module, players, data, seed=self.seed + g, share=share, **options)
+                game = spec.build(
+                    pl_module, players, data, seed=self.seed + g, share=share, fixed=self._fixed(spec), **options
+                )
+                if self._picks_class(spec) and spec.name not in self.picked:
+                    self._pick(spec.name, int(game.class_index))  # type: ignore[attr-defined]
                 seed = self.seed + 1009 * self.runs + 101 * g
-                top_k = min(spec.top_k or self.top_k, len(players) - 1)
-                result = self._estimate(spec, game, players, top_k, seed, progress, collective)
-                curve = self._analyse(spec, game, players, result, top_k, seed)
-                self.results[spec.name] = result
-                self.history[spec.name].append(self._history_entry(trainer, spec, result, stage, step))
+                top_k = self._check_top_k(spec, len(players))
+                weight = self._accumulate_weight(spec, len(players))
+                result = self._estimate(spec, game, players, top_k, seed, progress, collective, weight)
+                name = self.result_name(spec)
+                curve = self._analyse(spec, game, players, result, top_k, seed, name)
+                self.results[name] = result
+                self.history[spec.name].append(self._history_entry(trainer, spec, result, stage, step, name, weight))
                 if curve is not None:
-                    self.curves[spec.name] = curve.to_dict()
+                    self.curves[name] = curve.to_dict()
                 if trainer.is_global_zero:
-                    self._report(trainer, spec, result, curve, step)
+                    self._report(trainer, spec, result, curve, step, weight)
                 if result.interrupted:  # Ctrl-C: the partial result is kept and saved; let Lightning stop
                     interrupted = True
                     break
@@ -346,11 +517,13 @@ class NeuronShapley(Callback):
         seed: int,
         progress: bool,
         collective: LightningCollective | None,
+        weight: float | None = None,
     ) -> ShapleyResult:
-        """One estimator run on ``game``, with the callback's budget, seed and the game's own tail."""
-        previous = self.results.get(spec.name) if self.accumulate else None
-        if previous is not None and (previous.stats is None or previous.n_players != len(players)):
-            previous = None
+        """One estimator run on ``game``, with the callback's budget, seed and the game's own tail; with a
+        ``weight`` it resumes from the previous result's statistics, discounted to that share of its samples."""
+        previous = self.results.get(self.result_name(spec)) if weight is not None else None
+        if previous is not None and weight is not None and weight < 1:
+            previous = discounted(previous, weight)
         common: dict[str, Any] = {
             "top_k": top_k,
             "tail": spec.tail,
@@ -367,8 +540,18 @@ class NeuronShapley(Callback):
         estimator = ESTIMATORS[self.estimator]
         return estimator(game, **_accepted(estimator, common), **self.estimator_kwargs)
 
+    def _accumulate_weight(self, spec: GameSpec, n_players: int) -> float | None:
+        """The share of old samples this run resumes from (``None``: a fresh run, nothing to accumulate)."""
+        if self.accumulate is False:
+            return None
+        previous = self.results.get(self.result_name(spec))
+        if previous is None or previous.stats is None or previous.n_players != n_players:
+            return None
+        return ACCUMULATE_WEIGHT if self.accumulate is True else float(self.accumulate)
+
     def _analyse(
-        self, spec: GameSpec, game: ModelGame, players: FilterPlayers, result: ShapleyResult, top_k: int, seed: int
+        self, spec: GameSpec, game: ModelGame, players: FilterPlayers, result: ShapleyResult, top_k: int, seed: int,
+        name: str,
     ) -> Any:
         """The removal curve (returned) and the interaction heatmap (stored) of a finished run."""
         if result.interrupted:
@@ -380,14 +563,17 @@ class NeuronShapley(Callback):
         if self.interactions >= 2:
             top = result.top_k[: self.interactions].tolist()
             sub = SubGame(game, top, others="present", names=[players.names[i] for i in top])
-            self.interaction_matrices[spec.name] = pairwise_interactions(sub, method="exact")
+            self.interaction_matrices[name] = pairwise_interactions(sub, method="exact")
         return curve
 
-    @staticmethod
     def _history_entry(
-        trainer: L.Trainer, spec: GameSpec, result: ShapleyResult, stage: str, step: int
+        self, trainer: L.Trainer, spec: GameSpec, result: ShapleyResult, stage: str, step: int, name: str,
+        weight: float | None,
     ) -> dict[str, Any]:
         return {
+            "name": name,
+            "class_index": self.picked.get(spec.name, spec.options.get("class_index")),
+            "accumulated": weight,  # share of the previous run's samples resumed from (None: a fresh run)
             "epoch": int(trainer.current_epoch),
             "step": int(step),
             "stage": stage,
@@ -404,23 +590,44 @@ class NeuronShapley(Callback):
         """Where result files go: ``save_dir``, else ``<trainer.default_root_dir>/neuron_shapley``."""
         return self.save_dir or Path(trainer.default_root_dir) / "neuron_shapley"
 
-    def _report(self, trainer: L.Trainer, spec: GameSpec, result: ShapleyResult, curve: Any, step: int) -> None:
+    def _report(
+        self, trainer: L.Trainer, spec: GameSpec, result: ShapleyResult, curve: Any, step: int,
+        weight: float | None = None,
+    ) -> None:
+        name = self.result_name(spec)
         out = self.output_dir(trainer)
         out.mkdir(parents=True, exist_ok=True)
-        result.save(out / f"{spec.name}.pt")
-        write_csv(result, out / f"{spec.name}.csv")
+        result.save(out / f"{name}.pt")
+        write_csv(result, out / f"{name}.csv")
         rows = top_rows(result, result.k)
-        figures = {"histogram": value_histogram(result, title=f"{spec.name}: Shapley values")}
+        figures = {"histogram": value_histogram(result, title=f"{name}: Shapley values")}
         if curve is not None:
-            figures["removal_curve"] = removal_plot(curve, ylabel=spec.kind, title=f"{spec.name}: removal curve")
-        if spec.name in self.interaction_matrices:
-            matrix = self.interaction_matrices[spec.name]
-            figures["interactions"] = matrix.plot(title=f"{spec.name}: pairwise interactions among the top filters")
-        log_result(trainer.loggers, spec.name, result, rows, step, figures=figures)
+            figures["removal_curve"] = removal_plot(curve, ylabel=spec.kind, title=f"{name}: removal curve")
+        if name in self.interaction_matrices:
+            matrix = self.interaction_matrices[name]
+            figures["interactions"] = matrix.plot(title=f"{name}: pairwise interactions among the top filters")
+        log_result(trainer.loggers, name, result, rows, step, figures=figures)
         if self.verbose:
             top = ", ".join(f"{r[1]} ({r[3]:+.4f})" for r in rows[:5])
-            rank_zero_info(
-                f"[NeuronShapley] {spec.name} @ epoch {trainer.current_epoch}: {self.estimator} "
-                f"converged={result.converged}, {result.n_evals} evaluations, {result.seconds:.1f} s, "
-                f"value {result.full_value:.3f}; top: {top}; saved to {out / (spec.name + '.pt')}"
+            picked = (
+                f" (class {self.picked[spec.name]}: the class the model got most wrong at its first analysis)"
+                if spec.name in self.picked else ""
             )
+            accumulated = "" if weight is None else f"; accumulated: resumed from the previous run at weight {weight:g}"
+            rank_zero_info(
+                f"[NeuronShapley] {name}{picked} @ epoch {trainer.current_epoch}: {self.estimator} "
+                f"converged={result.converged}, {result.n_evals} evaluations, {result.seconds:.1f} s, "
+                f"value {result.full_value:.3f}; top: {top}{accumulated}; saved to {out / (name + '.pt')}"
+            )
+
+
+def _validation_source(trainer: L.Trainer) -> Any:
+    """The validation dataloader(s) where the Trainer has not loaded them yet (at fit start): from the
+    datamodule, the LightningModule or the loaders given to ``fit``, as the validation loop will read them."""
+    for loop in (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop):
+        source = getattr(loop, "_data_source", None)
+        if source is not None and source.instance is not None and source.is_defined():
+            return source.dataloader()
+    if trainer.datamodule is not None:
+        return trainer.datamodule.val_dataloader()
+    return None

@@ -4,11 +4,14 @@ A spec is a registered game name (see :data:`nsl.games.GAMES`: ``"accuracy"``, `
 ``"adversarial"``, or any game registered by a plugin) or a mapping such as ``{"kind": "class",
 "class_index": 3}`` or ``{"kind": "adversarial", "attack": "fgsm", "name": "fgsm"}``. Keys other than the
 reserved ones below go to the game's constructor. What differs between games (culprit sign, tail, data,
-DDP sharing, default name) is read from the game class, never decided here.
+DDP sharing, default name) is read from the game class, never decided here. A misspelt option fails here,
+naming the key and the options the game's constructor accepts. ``required: false`` makes a game optional: the
+callback skips it (with one info line) when the evaluation data cannot support it, e.g. fairness without groups.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +22,31 @@ from nsl.games import GAMES, EvalData, ModelGame
 from nsl.players import FilterPlayers
 from nsl.validation import check_bool, check_int, check_number
 
-RESERVED = ("kind", "name", "top_k", "max_evals", "max_seconds", "negative_culprits", "tail")
+RESERVED = ("kind", "name", "top_k", "max_evals", "max_seconds", "negative_culprits", "tail", "required")
+# Constructor arguments a spec never sets: the model, players and data come from the callback.
+_FROM_CALLBACK = ("self", "model", "players", "inputs", "targets")
 
-__all__ = ["RESERVED", "EvalData", "GameSpec", "parse_games"]
+__all__ = ["RESERVED", "EvalData", "GameSpec", "game_options", "parse_games"]
+
+
+def game_options(cls: type[ModelGame]) -> tuple[str, ...] | None:
+    """The option keys a spec may give to game class ``cls`` (``None``: any, its constructor takes ``**kwargs``
+    that do not reach :class:`ModelGame`). Read from the constructors along the class's bases."""
+    accepted: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        skip = {*_FROM_CALLBACK, *cls.required_data}
+        accepted += [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                     and p.name not in skip and p.name not in accepted]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return tuple(accepted)
+        if klass is ModelGame:
+            break
+        if not (isinstance(klass, type) and issubclass(klass, ModelGame)):
+            return None
+    return tuple(accepted)
 
 
 @dataclass(frozen=True)
@@ -36,6 +61,7 @@ class GameSpec:
     max_seconds: float | None = None
     negative_culprits: bool = True
     tail: str = "both"
+    required: bool = True
 
     @property
     def game_class(self) -> type[ModelGame]:
@@ -49,13 +75,16 @@ class GameSpec:
         *,
         seed: int = 0,
         share: Callable[[Any], Any] | None = None,
+        fixed: Mapping[str, Any] | None = None,
         **defaults: Any,
     ) -> ModelGame:
-        """The game on ``data``; ``defaults`` such as ``chunk_size`` are overridden by the spec's options.
+        """The game on ``data``; ``defaults`` such as ``chunk_size`` are overridden by the spec's options, which
+        are overridden by ``fixed`` (what the callback froze, e.g. a picked ``class_index``).
 
         ``share`` (under DDP: broadcast from rank 0) makes every rank play the same game.
         """
-        return self.game_class.from_data(model, players, data, seed=seed, share=share, **{**defaults, **self.options})
+        options = {**defaults, **self.options, **(fixed or {})}
+        return self.game_class.from_data(model, players, data, seed=seed, share=share, **options)
 
 
 def parse_games(games: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]]) -> list[GameSpec]:
@@ -93,10 +122,19 @@ def _parse_one(item: str | Mapping[str, Any]) -> GameSpec:
         max_seconds=options.pop("max_seconds", None),
         negative_culprits=options.pop("negative_culprits", cls.negative_culprits),
         tail=options.pop("tail", cls.default_tail),
+        required=options.pop("required", True),
         options=options,
     )
+    accepted = game_options(cls)
+    unknown = [] if accepted is None else sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"game {name!r} ({kind}): unknown option(s) {unknown}; {cls.__name__} accepts {sorted(accepted or [])}, "
+            f"and every spec the reserved keys {list(RESERVED)}."
+        )
     check_int(f"{name}.top_k", spec.top_k, low=1, optional=True)
     check_int(f"{name}.max_evals", spec.max_evals, low=1, optional=True)
     check_number(f"{name}.max_seconds", spec.max_seconds, positive=True, optional=True)
     check_bool(f"{name}.negative_culprits", spec.negative_culprits)
+    check_bool(f"{name}.required", spec.required)
     return spec

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -109,6 +109,16 @@ class ClassGame(AccuracyGame):
             index = worst_class(model, data.inputs, data.targets)
             options["class_index"] = int(share(index) if share is not None else index)
         return options
+
+    @classmethod
+    def unsupported(cls, data: EvalData, options: Mapping[str, Any]) -> str | None:
+        """A ``class_index`` without a single example in the evaluation data."""
+        index = options.get("class_index")
+        if isinstance(index, int) and not isinstance(index, bool) and not bool((data.targets == index).any()):
+            present = sorted(torch.unique(data.targets).tolist())
+            shown = present if len(present) <= 20 else [*present[:20], "..."]
+            return f"class_index={index} has no sample in the evaluation data (labels present: {shown})"
+        return None
 
     def __init__(
         self, model: nn.Module, players: FilterPlayers, inputs: Tensor, targets: Tensor,

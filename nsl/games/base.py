@@ -145,6 +145,19 @@ class ModelGame:
         """The constructor options for ``data``: ``options`` completed with what the game chooses from it."""
         return options
 
+    @classmethod
+    def unsupported(cls, data: EvalData, options: Mapping[str, Any]) -> str | None:
+        """Why ``data`` cannot support this game with these options (``None`` when it can): checked before
+        training, so that an optional game is skipped and a required one fails with this reason."""
+        missing = [f"{name} ({what})" for name, what in cls.required_data.items() if getattr(data, name) is None]
+        if missing:
+            return (
+                f"the evaluation data has no {', '.join(missing)}: give evaluation batches with them, e.g. "
+                f"(inputs, targets, {', '.join(cls.required_data)}), or a datamodule with "
+                f"`val_{next(iter(cls.required_data))}`, or NeuronShapley(data=(inputs, targets, groups))"
+            )
+        return None
+
     def share_with_ranks(self, share: Share) -> None:
         """Under DDP, replace what this rank computed differently (e.g. attack examples) by rank 0's."""
 

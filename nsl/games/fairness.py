@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.functional.classification import demographic_parity, equal_opportunity, multiclass_accuracy
 
-from nsl.games.base import ModelGame
+from nsl.games.base import EvalData, ModelGame
 from nsl.games.registry import GAMES
 from nsl.players import FilterPlayers
 from nsl.validation import check_choice
@@ -38,6 +38,18 @@ class FairnessGame(ModelGame):
 
     required_data: ClassVar[Mapping[str, str]] = {"groups": "a sensitive attribute per example"}
     measures_defect = True
+
+    @classmethod
+    def unsupported(cls, data: EvalData, options: Mapping[str, Any]) -> str | None:
+        """No groups, or fewer than two groups present in the evaluation data."""
+        reason = super().unsupported(data, options)
+        if reason is None and isinstance(data.groups, Tensor) and len(torch.unique(data.groups)) < 2:
+            codes = torch.unique(data.groups).tolist()
+            reason = (
+                f"the evaluation data holds a single group {codes} of the sensitive attribute; fairness compares "
+                "at least 2 groups (give evaluation data where both appear, e.g. a larger eval_size)"
+            )
+        return reason
 
     def __init__(
         self, model: nn.Module, players: FilterPlayers, inputs: Tensor, targets: Tensor,

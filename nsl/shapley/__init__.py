@@ -6,6 +6,7 @@ from nsl.shapley.exact import coalitions, exact, shapley_from_values
 from nsl.shapley.monte_carlo import monte_carlo
 from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import RunningStats, ShapleyResult
+from nsl.shapley.sampler import discounted
 from nsl.shapley.tmab import ORIGINAL_TMAB, confidence_radius, tmab
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "TorchCollective",
     "coalitions",
     "confidence_radius",
+    "discounted",
     "exact",
     "metrics",
     "monte_carlo",

@@ -20,6 +20,12 @@ def merge_moments(
     return total, mean + delta * other_count / safe, m2 + other_m2 + delta * delta * count * other_count / safe
 
 
+def check_weight(weight: object) -> None:
+    """A discount weight: the share kept of old samples, a number in (0, 1]."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
+        raise ValueError(f"weight={weight!r} is not accepted; use a number in (0, 1] (the share of old samples kept).")
+
+
 class RunningStats:
     """Per-player count, mean, sum of squared deviations (Welford), minimum and maximum of marginals.
 
@@ -70,6 +76,25 @@ class RunningStats:
         )
         self.low = torch.minimum(self.low, other.low)
         self.high = torch.maximum(self.high, other.high)
+
+    def discounted(self, weight: float) -> RunningStats:
+        """These statistics counting as ``weight`` of their samples (rounded, half up): the means are kept, the
+        sums of squared deviations scaled so each variance is kept, so confidence intervals widen as if fewer
+        samples had been drawn. A player left with 0 samples starts afresh. ``weight=1`` is an exact copy."""
+        check_weight(weight)
+        out = RunningStats(self.n_players)
+        if weight == 1:
+            out.load_state_dict(self.state_dict())
+            return out
+        n = self.count.double()
+        kept = torch.floor(n * weight + 0.5)
+        out.count = kept.long()
+        alive = kept > 0
+        out.mean = torch.where(alive, self.mean, torch.zeros_like(self.mean))
+        out.m2 = torch.where(kept >= 2, self.m2 * (kept - 1) / (n - 1).clamp(min=1), torch.zeros_like(self.m2))
+        out.low = torch.where(alive, self.low, out.low)
+        out.high = torch.where(alive, self.high, out.high)
+        return out
 
     @property
     def var(self) -> Tensor:

@@ -10,6 +10,7 @@ are gathered and merged, so every rank holds the same state and takes the same d
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -97,6 +98,33 @@ class SampleState:
             )
         self.value_low = torch.minimum(self.value_low, other.value_low)
         self.value_high = torch.maximum(self.value_high, other.value_high)
+
+    def discounted(self, weight: float) -> SampleState:
+        """This state counting as ``weight`` of its samples (see :meth:`RunningStats.discounted`): bin and pair
+        counts scaled by ``weight`` with their means and variances kept; the observed value range is kept."""
+        out = SampleState(self.n_players, self.n_bins, self.n_slots)
+        out.load_state_dict(self.state_dict())
+        out.players = self.players.discounted(weight)
+        if weight == 1:
+            return out
+        out.bin_count = self.bin_count * weight
+        out.bin_square = self.bin_square * weight  # mean square per bin kept
+        kept = self.pair_count * weight
+        out.pair_count = kept
+        out.pair_m2 = torch.where(
+            kept > 1, self.pair_m2 * (kept - 1) / (self.pair_count - 1).clamp(min=1e-12), torch.zeros_like(kept)
+        )
+        return out
+
+    @classmethod
+    def of_dict(cls, state: dict[str, Tensor]) -> SampleState:
+        """A state from :meth:`state_dict` (its sizes read from the tensors)."""
+        n_players = len(state["mean"])
+        square = state.get("bin_square")
+        pairs = state.get("pair_count")
+        out = cls(n_players, 0 if square is None else square.shape[1], 0 if pairs is None else pairs.shape[0])
+        out.load_state_dict(state)
+        return out
 
     def to_tensor(self) -> Tensor:
         """One float64 vector (for gathering): the player statistics, the bin moments, the value range."""
@@ -409,6 +437,19 @@ def sample_distributed(
     finally:
         bar.close()
     return interrupted
+
+
+def discounted(result: ShapleyResult, weight: float) -> ShapleyResult:
+    """``result`` with its sampling statistics counting as ``weight`` of their samples (see
+    :meth:`SampleState.discounted`), to resume from when the game changed since (a model trained further):
+    intervals widen again and the estimator re-samples players it had resolved. ``weight=1`` resumes as is."""
+    if result.stats is None:
+        raise ValueError("discounted() needs a result of a sampling estimator (one that kept its stats).")
+    state = SampleState.of_dict(result.stats).discounted(weight)
+    stats = state.players
+    return dataclasses.replace(
+        result, values=stats.mean.clone(), stderr=stats.stderr, counts=stats.count.clone(), stats=state.state_dict()
+    )
 
 
 def result_from_state(sampler: Sampler, **kwargs: object) -> ShapleyResult:
