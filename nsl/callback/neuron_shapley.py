@@ -412,6 +412,7 @@ class NeuronShapley(Callback):
         rows = top_rows(result, result.k)
         figures = {"histogram": value_histogram(result, title=f"{spec.name}: Shapley values")}
         if curve is not None:
+            curve.save(out / f"{spec.name}_curve.pt")  # for nsl-report: the run's removal curve, offline
             figures["removal_curve"] = removal_plot(curve, ylabel=spec.kind, title=f"{spec.name}: removal curve")
         if spec.name in self.interaction_matrices:
             matrix = self.interaction_matrices[spec.name]
