@@ -100,7 +100,8 @@ def _run_name(run_dir: Path, saved: dict[str, Any]) -> str:
 def load_run(run_dir: Path, results_dir: Path, key: str) -> Run:
     """A run from its folder and the folder of its ``<game>.pt`` files."""
     results, curves = {}, {}
-    for path in sorted(results_dir.glob("*.pt")):
+    # In the order the callback wrote them (its order of games), ties by name.
+    for path in sorted(results_dir.glob("*.pt"), key=lambda p: (p.stat().st_mtime_ns, p.name)):
         if path.name in NOT_RESULTS or path.name.endswith("_curve.pt"):
             continue
         result = _load_result(path)
