@@ -9,7 +9,10 @@ swept from the command line::
 
 A game, estimator or repair of your own is a module that registers it (``nsl.GAMES``, ``nsl.ESTIMATORS``,
 ``nsl.REPAIRS``) and a YAML that chooses it; ``imports: [your_module]`` in the config imports the module
-before anything is built, e.g. ``nsl-train --config-dir my_conf experiment=my_study``.
+before anything is built, e.g. ``nsl-train --config-dir my_conf experiment=my_study``. Modules in the folder
+``nsl-train`` is started from are importable, so ``model._target_=my_module.MyModule`` runs your own
+LightningModule; the checkpoint callback monitors whichever validation metric it logs. Each run writes
+``metrics.json`` next to its results; ``nsl-report <run or multirun folder>`` compares runs from those files.
 """
 
 from __future__ import annotations
