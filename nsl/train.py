@@ -9,12 +9,18 @@ swept from the command line::
 
 A game, estimator or repair of your own is a module that registers it (``nsl.GAMES``, ``nsl.ESTIMATORS``,
 ``nsl.REPAIRS``) and a YAML that chooses it; ``imports: [your_module]`` in the config imports the module
-before anything is built, e.g. ``nsl-train --config-dir my_conf experiment=my_study``.
+before anything is built, e.g. ``nsl-train --config-dir my_conf experiment=my_study``. Modules in the folder
+``nsl-train`` is started from are importable, so ``model._target_=my_module.MyModule`` runs your own
+LightningModule; the checkpoint callback monitors whichever validation metric it logs. Each run writes
+``metrics.json`` next to its results; ``nsl-report <run or multirun folder>`` compares runs from those files.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from nsl.callback import NeuronShapley
+from nsl.callback import NeuronShapley, ShapleyRepair
 from nsl.shapley import ShapleyResult
 
 # Trainer settings of a run whose results are measured afterwards rather than logged or checkpointed.
@@ -68,8 +74,29 @@ def _hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(plain, resolve=True)
 
 
+def _launch_dir() -> str:
+    """The folder ``nsl-train`` was started from (Hydra's original working directory; else the current one)."""
+    try:
+        return HydraConfig.get().runtime.cwd
+    except ValueError:  # composed without @hydra.main (tests, scripts)
+        return os.getcwd()
+
+
+def _importable_from_launch_dir() -> None:
+    """Put the launch folder on ``sys.path``, as ``python -m`` does, so ``model._target_=my_module.MyModule`` and
+    ``imports: [my_module]`` find a module next to where ``nsl-train`` was run (the console script's own
+    ``sys.path`` starts at its bin folder instead)."""
+    launch = os.path.abspath(_launch_dir())
+    if launch not in (os.path.abspath(p or os.curdir) for p in sys.path):
+        sys.path.insert(0, launch)
+
+
 def _data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """Import ``cfg.imports`` (so what they register can be chosen by name), seed, build data and model."""
+    """Import ``cfg.imports`` (so what they register can be chosen by name), seed, build data and model.
+
+    Modules in the folder ``nsl-train`` was started from are importable (it is put on ``sys.path`` first).
+    """
+    _importable_from_launch_dir()
     for module in cfg.get("imports") or []:
         importlib.import_module(module)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -127,6 +154,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer.test(model, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if trainer.is_global_zero:
+            _write_metrics(Path(cfg.paths.output_dir), metrics, callbacks)
             _print_summary(trainer, callbacks, loggers, metrics)
         return metrics
     finally:
@@ -134,6 +162,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None:
                 logger.experiment.finish()
+
+
+def _write_metrics(folder: Path, metrics: dict[str, float], callbacks: list[Any]) -> Path:
+    """``metrics.json`` in the run folder: the final metrics, the run's name and any repair's before/after report,
+    so ``nsl-report`` can compare runs offline."""
+    repairs = [
+        {"name": cb.name, "description": cb.description, "report": cb.report}
+        for cb in callbacks
+        if isinstance(cb, ShapleyRepair) and cb.report
+    ]
+    content = {"name": _run_name(), "metrics": metrics, "repair": repairs}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "metrics.json"
+    path.write_text(json.dumps(content, indent=2, default=float) + "\n")
+    return path
 
 
 def _saved_results(folder: Path, names: list[str]) -> dict[str, ShapleyResult]:
@@ -158,7 +201,7 @@ def _print_summary(trainer: L.Trainer, callbacks: list[Any], loggers: list[Logge
                     f"top filters {top}"
                 )
             lines.append(f"  Shapley results: {cb.output_dir(trainer)}")
-    lines.append(f"  run folder: {Path(trainer.default_root_dir).resolve()}")
+    lines.append(f"  run folder: {Path(trainer.default_root_dir).resolve()} (metrics.json: the metrics above)")
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             run_dir = logger.experiment.dir.removesuffix("/files")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 import nsl
 from conftest import inspect_wandb
+from nsl.report import RemovalCurve
 from nsl.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +95,12 @@ def test_train_runs_end_to_end_in_process(tmp_path: Path, monkeypatch: pytest.Mo
         assert (out / f"{game}.pt").exists() and (out / f"{game}.csv").exists()
     assert "| metric | before | after | change |" in (out / "repair.md").read_text()
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    saved = json.loads((tmp_path / "metrics.json").read_text())  # what nsl-report reads back
+    assert saved["metrics"] == metrics and [r["name"] for r in saved["repair"]] == ["prune"]
+    assert RemovalCurve.load(out / "accuracy_curve.pt").removed == [0, 1, 2, 3]  # curve_steps=3
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    (checkpoint,) = [v for k, v in last["callbacks"].items() if k.startswith("AutoModelCheckpoint")]
+    assert checkpoint["monitor"] == "val/acc" and checkpoint["mode"] == "max"  # what Classifier logs
 
 
 def _wandb_run(run_dir: Path) -> dict:

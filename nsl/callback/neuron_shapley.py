@@ -602,6 +602,7 @@ class NeuronShapley(Callback):
         rows = top_rows(result, result.k)
         figures = {"histogram": value_histogram(result, title=f"{name}: Shapley values")}
         if curve is not None:
+            curve.save(out / f"{name}_curve.pt")  # for nsl-report: the run's removal curve, offline
             figures["removal_curve"] = removal_plot(curve, ylabel=spec.kind, title=f"{name}: removal curve")
         if name in self.interaction_matrices:
             matrix = self.interaction_matrices[name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -22,6 +23,21 @@ class RemovalCurve:
 
     def to_dict(self) -> dict[str, list]:
         return {"removed": self.removed, "ranked": self.ranked, "random": self.random, "random_std": self.random_std}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the curve as plain lists with ``torch.save`` (``nsl-report`` plots it later); returns ``path``."""
+        torch.save(self.to_dict(), path)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RemovalCurve:
+        """A curve written by :meth:`save` (loads with ``weights_only=True``)."""
+        data = torch.load(path, weights_only=True)
+        keys = ("removed", "ranked", "random", "random_std")
+        if not isinstance(data, dict) or not set(keys) <= set(data):
+            found = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{path} is not a saved removal curve: expected a dict with keys {keys}, found {found}.")
+        return cls(*(list(data[k]) for k in keys))
 
 
 def removal_values(game: Game, order: Tensor, steps: Sequence[int]) -> Tensor:

@@ -1,0 +1,175 @@
+"""nsl-report: the runs of a folder side by side, numbers as saved, PNGs written, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+from nsl.report import RemovalCurve
+from nsl.report.compare import find_runs, gini, half_mass, main
+from nsl.shapley import ShapleyResult
+
+ROOT = Path(__file__).resolve().parents[1]
+NAN = float("nan")
+
+
+def save_result(folder: Path, game: str, values: list[float], stderr: list[float], **fields) -> ShapleyResult:
+    result = ShapleyResult(
+        values=torch.tensor(values, dtype=torch.float64),
+        stderr=torch.tensor(stderr, dtype=torch.float64),
+        counts=torch.full((len(values),), 7),
+        names=[f"conv:{i}" for i in range(len(values))],
+        **{"n_evals": 123, "converged": True, "k": 2, "method": "tmab", **fields},
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    result.save(folder / f"{game}.pt")
+    return result
+
+
+def write_run(run: Path, name: str, metrics: dict[str, float]) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.json").write_text(json.dumps({"name": name, "metrics": metrics, "repair": []}))
+
+
+def table_row(text: str, label: str) -> list[str]:
+    """The cells after ``label`` of the first markdown row starting with it, after ``start``."""
+    line = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")][1:]
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Path:
+    """Hand-built multirun: job 0 and job 10 (natural order), job 10 without a class game or a curve."""
+    root = tmp_path / "multirun"
+    write_run(root / "0", "repair=none", {"test/acc": 0.9, "val/acc": 0.875})
+    save_result(root / "0" / "neuron_shapley", "accuracy", [0.5, -0.25, 0.125, 0.0625], [0.01, 0.02, NAN, 0.03])
+    save_result(root / "0" / "neuron_shapley", "class", [0.0, -0.5, 0.25], [0.1, 0.2, 0.3], tail="bottom")
+    RemovalCurve([0, 1, 2], [0.9, 0.5, 0.25], [0.9, 0.85, 0.8], [0.0, 0.01, 0.02]).save(
+        root / "0" / "neuron_shapley" / "accuracy_curve.pt"
+    )
+    torch.save({"weight": torch.zeros(2)}, root / "0" / "neuron_shapley" / "repaired_model.pt")  # not a result
+    write_run(root / "10", "repair=filter_dropout", {"test/acc": 0.8})
+    save_result(root / "10" / "neuron_shapley", "accuracy", [0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.5, 0.5],
+                converged=False, n_evals=456)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+def test_spread_measures() -> None:
+    values = torch.tensor([0.5, -0.25, 0.125, 0.0625])
+    assert half_mass(values) == 1  # 0.5 of a total |value| of 0.9375 is already more than half
+    assert half_mass(torch.tensor([0.25, 0.25, 0.25, 0.25])) == 2
+    assert gini(values) == pytest.approx(1.4375 / 3.75)  # Σ(2i−n−1)·x_(i) / (n·Σx), x sorted ascending
+    assert gini(torch.tensor([0.0, 0.0, 0.0, 2.0])) == pytest.approx(0.75)
+    assert gini(torch.ones(5)) == 0.0 and gini(torch.zeros(3)) == 0.0 and half_mass(torch.zeros(3)) == 0
+
+
+def test_table_numbers_match_the_saved_files(group: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(group), "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert table_row(out, "name") == ["repair=none", "repair=filter_dropout"]
+    assert table_row(out, "test/acc") == ["0.9000", "0.8000"]
+    assert table_row(out, "val/acc") == ["0.8750", "—"]
+    accuracy = out[out.index("## accuracy"):out.index("## class")]
+    assert table_row(accuracy, "")[:2] == ["0", "10"]  # job 10 after job 2..9, not after job 1
+    assert table_row(accuracy, "converged") == ["True", "False"]
+    assert table_row(accuracy, "evaluations") == ["123", "456"]
+    assert table_row(accuracy, "filters holding half of Σ abs(value)") == ["1", "2"]
+    assert table_row(accuracy, "Gini of abs(value)") == ["0.383", "0.000"]
+    assert table_row(accuracy, "#1 (highest)") == ["conv:0 +0.5 ± 0.01", "conv:0 +0.25 ± 0.5"]
+    assert table_row(accuracy, "#2 (highest)") == ["conv:2 +0.125 ± nan", "conv:1 +0.25 ± 0.5"]
+    assert table_row(accuracy, "#3 (highest)") == ["conv:3 +0.0625 ± 0.03", "conv:2 +0.25 ± 0.5"]
+    assert "#4" not in accuracy
+    klass = out[out.index("## class"):]
+    # A result that certified its bottom end lists the lowest values; a game a run did not play shows —.
+    assert table_row(klass, "#1 (lowest)") == ["conv:1 -0.5 ± 0.2", "—"]
+    assert table_row(klass, "#2 (lowest)") == ["conv:0 +0 ± 0.1", "—"]
+    assert (group / "report.md").read_text() == out.split("Written: ")[0].rstrip("\n") + "\n"
+    for png in ("report_accuracy_values.png", "report_accuracy_removal.png", "report_class_values.png"):
+        assert (group / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (group / "report_class_removal.png").exists()  # no run saved a class curve
+
+
+def test_tail_games_and_out_options(group: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "elsewhere"
+    assert main([str(group), "--tail", "top", "--games", "class", "--out", str(out_dir), "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "## accuracy" not in out and table_row(out, "#1 (highest)") == ["conv:2 +0.25 ± 0.3", "—"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["report.md", "report_class_values.png"]
+    assert main([str(group), "--games", "fairness"]) == 2
+    assert "games ['fairness']: no run has results for them; the runs have ['accuracy', 'class']" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_single_run_folder_is_one_column(group: Path) -> None:
+    (run,) = find_runs(group / "10")
+    assert (run.key, run.name, sorted(run.results), run.metrics) == ("10", "repair=filter_dropout", ["accuracy"],
+                                                                    {"test/acc": 0.8})
+    assert run.curves == {}
+
+
+def test_folders_without_results_fail_naming_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    (empty / "0" / "neuron_shapley").mkdir(parents=True)
+    torch.save({"weight": torch.zeros(2)}, empty / "0" / "neuron_shapley" / "model.pt")  # a .pt, but no result
+    assert main([str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert f"no Shapley results under '{empty}'" in err and "<run>/neuron_shapley/<game>.pt" in err
+    assert main([str(tmp_path / "nope")]) == 2
+    assert f"'{tmp_path / 'nope'}' is not a folder" in capsys.readouterr().err
+
+
+def test_the_report_leaves_the_plotting_backend_alone(group: Path) -> None:
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")  # a user's choice that the report must not switch to Agg
+    try:
+        assert main([str(group), "--top-k", "1"]) == 0
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(previous)
+
+
+TINY = [
+    "game=accuracy",
+    "logger=none",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=4",
+    "trainer.enable_progress_bar=false",
+    "callbacks.neuron_shapley.max_evals=60",
+    "callbacks.neuron_shapley.eval_size=64",
+    "callbacks.neuron_shapley.curve_steps=3",
+    "model.net.channels=[4,6,8]",
+]
+
+
+@pytest.mark.slow
+def test_multirun_dropout_against_baseline_side_by_side(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "NSL_ROOT": str(tmp_path)}
+    train = [sys.executable, "-m", "nsl.train", "-m", "repair=none,filter_dropout", *TINY]
+    proc = subprocess.run(train, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    saved = [json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1")]
+    assert [s["name"] for s in saved] == [f"repair={r},game=accuracy,logger=none" for r in ("none", "filter_dropout")]
+
+    proc = subprocess.run([sys.executable, "-P", "-m", "nsl.report", str(sweep), "--top-k", "3"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert table_row(out, "")[:2] == ["0", "1"]
+    assert table_row(out, "name") == [s["name"] for s in saved]
+    assert table_row(out, "test/acc") == [f"{s['metrics']['test/acc']:.4f}" for s in saved]
+    for job, column in (("0", 0), ("1", 1)):
+        result = ShapleyResult.load(sweep / job / "neuron_shapley" / "accuracy.pt")
+        assert table_row(out, "evaluations")[column] == str(result.n_evals)
+        assert table_row(out, "#1 (highest)")[column].startswith(result.names[int(result.top_k[0])] + " ")
+    for png in ("report_accuracy_values.png", "report_accuracy_removal.png"):
+        assert (sweep / png).stat().st_size > 1000
