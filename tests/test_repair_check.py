@@ -194,6 +194,21 @@ def test_physical_removal_shrinks_the_model_tests_and_undoes_to_the_original_sha
     assert metrics["test/acc"] == pytest.approx(rows(repair)["accuracy"]["before"], abs=1e-6)
 
 
+def test_refused_physical_removal_leaves_the_model_and_says_why(tmp_path: Path, trained_state: dict) -> None:
+    # Every filter of the first layer is a culprit: removing them all would remove the layer.
+    repair = ShapleyRepair("prune", heldout_size=300, physical=True, k=4, only_signed=False)
+    L.seed_everything(0, verbose=False)
+    model = Classifier(SmallCNN(channels=CHANNELS))
+    model.load_state_dict(trained_state)
+    pre = PreRepair()
+    trainer = quiet_trainer(1, limit_train_batches=1, limit_val_batches=1, default_root_dir=tmp_path, callbacks=[
+        NeuronShapley("accuracy", layers="net.features.0", **FAST), pre, repair])
+    with pytest.warns(UserWarning, match="physical removal of 4 culprits of accuracy refused: cannot physically"):
+        trainer.fit(model, DigitsDataModule(batch_size=64))
+    assert repair.outcome == "rolled back" and "nothing was repaired (physical removal" in repair.reason
+    assert_state(model, pre.state)
+
+
 class BeforeFinetuning(L.Callback):
     """The weights when the last epoch (the fine-tuning) starts."""
 

@@ -285,7 +285,16 @@ class ShapleyRepair(Callback):
                 self.description = f"pruned 0 filters ({self._spec.name})"
                 changed = False
             else:
-                revert = self._prune(pl_module, players, culprits)
+                try:
+                    revert = self._prune(pl_module, players, culprits)
+                except ValueError as err:  # a physical removal Torch-Pruning cannot do; the model is untouched
+                    if not self.method.physical:
+                        raise
+                    self.description = (
+                        f"physical removal of {len(culprits)} culprits of {self._spec.name} refused: {err}"
+                    )
+                    rank_zero_warn(f"ShapleyRepair: {self.description}")
+                    changed = False
         elif self._before is None:  # a fine-tuning repair that never started (the fit ended early)
             return
         else:
