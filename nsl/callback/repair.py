@@ -192,6 +192,7 @@ class ShapleyRepair(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != TrainerFn.FITTING:
             return
+        self.outcome, self.reason, self.model_path, self.undone, self._revert = None, "", None, False, None
         if self.shapley is None:
             found = [cb for cb in trainer.callbacks if isinstance(cb, NeuronShapley)]
             if len(found) != 1:
