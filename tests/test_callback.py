@@ -154,9 +154,11 @@ def test_resume_from_checkpoint_keeps_statistics(tmp_path: Path) -> None:
 
 def test_fairness_game_uses_datamodule_groups_and_prune_repair(tmp_path: Path) -> None:
     cb = NeuronShapley(games=["accuracy", "fairness"], **FAST)
-    repair = ShapleyRepair("prune", game="accuracy", k=3, only_signed=False)
+    # The self-check is switched off: this test is about pruning what the fairness data's analysis found.
+    repair = ShapleyRepair("prune", game="accuracy", k=3, only_signed=False, min_improvement=None,
+                           max_accuracy_drop=None)
     model = fit(tmp_path, [repair, cb], epochs=2, datamodule=FairDigitsDataModule())  # order does not matter
-    assert "fairness" in cb.results
+    assert "fairness" in cb.results and repair.outcome == "kept"
     rows = {r["metric"]: r for r in repair.report}
     assert set(rows) == {"accuracy", "fairness"}
     pruned = cb.results["accuracy"].culprits(3, negative=True)
@@ -227,7 +229,8 @@ def test_guided_dropout_repair_fine_tunes_the_last_epochs_of_the_fit(tmp_path: P
     ("kwargs", "message"),
     [
         ({"method": "melt"}, "repair method 'melt'"),
-        ({"method": "prune", "p": 0.1}, r"repair 'prune'.*'p'.*its options are \['k', 'negative', 'only_signed'\]"),
+        ({"method": "prune", "p": 0.1},
+         r"repair 'prune'.*'p'.*its options are \['k', 'negative', 'only_signed', 'physical'\]"),
         ({"method": "guided_dropout", "p": 1.0}, r"p=1\.0"),
         ({"method": "prune", "k": 0}, "k=0"),
         ({"heldout_size": 0}, "heldout_size=0"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -83,17 +85,32 @@ def test_bad_config_values_fail_with_clear_errors(tmp_path: Path) -> None:
         train(cfg)
 
 
-def test_train_runs_end_to_end_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_runs_end_to_end_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_train(tmp_path, [*TINY, "logger=csv", "repair=prune", "callbacks.shapley_repair.k=2"])
-    metrics = train(cfg)
+    with caplog.at_level(logging.INFO):
+        metrics = train(cfg)
     assert 0 <= metrics["test/acc"] <= 1
     out = tmp_path / "neuron_shapley"
     # The class game picks the class the model gets most wrong and names its files after it (class_<c>).
-    (picked,) = [p.stem for p in out.glob("class_*.pt")]
+    (picked,) = [p.stem for p in out.glob("class_*.pt") if not p.stem.endswith("_curve")]
     for game in ("accuracy", picked, "fairness", "adversarial"):
         assert (out / f"{game}.pt").exists() and (out / f"{game}.csv").exists()
-    assert "| metric | before | after | change |" in (out / "repair.md").read_text()
+    report = (out / "repair.md").read_text()
+    assert "| metric | before | after | change |" in report
+    # The repair of the fairness game checked itself: kept (weights written) or rolled back (none), and said so.
+    outcomes = ("[ShapleyRepair] kept", "[ShapleyRepair] rolled back")
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(outcomes)]
+    outcome = "kept" if line.startswith("[ShapleyRepair] kept: fairness improved") else "rolled back"
+    assert line.startswith(f"[ShapleyRepair] {outcome}: ") and f"Outcome: {outcome}: " in report
+    assert (out / "repaired_model.pt").exists() == (outcome == "kept")
+    assert (str(out / "repaired_model.pt") in line) == (outcome == "kept")
+    (csv_file,) = tmp_path.rglob("metrics.csv")
+    with open(csv_file) as f:
+        kept = [float(r["repair/kept"]) for r in csv.DictReader(f) if r.get("repair/kept")]
+    assert kept == [float(outcome == "kept")]
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     saved = json.loads((tmp_path / "metrics.json").read_text())  # what nsl-report reads back
     assert saved["metrics"] == metrics and [r["name"] for r in saved["repair"]] == ["prune"]

@@ -1,17 +1,22 @@
 """The ShapleyRepair callback: act on the culprits a NeuronShapley found (prune them, or fine-tune with dropout).
 
 Every metric of the report is measured on held-out data (the datamodule's test split when it has one) before
-and after the repair, so the report does not reuse the analysis data.
+and after the repair, so the report does not reuse the analysis data. The repair checks itself on those
+numbers: it is kept only when its target game improved and accuracy did not fall by more than a tolerance;
+otherwise the model is rolled back to its pre-repair weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -22,12 +27,16 @@ from nsl.callback import data as eval_data
 from nsl.callback.neuron_shapley import NeuronShapley
 from nsl.callback.specs import GameSpec
 from nsl.games import AccuracyGame, EvalData, ModelGame
-from nsl.players import FilterPlayers
+from nsl.players import FilterPlayers, preserve_mode
 from nsl.repair import REPAIRS, FilterDropout, GuidedDropout, PruneCulprits, RepairMethod
+from nsl.repair.snapshot import ModuleSnapshot
 from nsl.report import log_scalars, log_table, markdown
-from nsl.validation import check_bool, check_int
+from nsl.validation import check_bool, check_int, check_number
 
 REPORT_COLUMNS = ["metric", "before", "after", "change"]
+OUTCOME_COLUMNS = ["outcome", "reason", "weights"]
+OUTCOMES = ("kept", "rolled back", "reported only")
+MODEL_FILE = "repaired_model.pt"
 REPORT_SEED = 7919  # offset of the report games' seeds from the analysis seed: other attack targets and starts
 
 
@@ -48,16 +57,45 @@ class ShapleyRepair(Callback):
 
     Before and after are measured on held-out data, every game of the ``NeuronShapley`` plus overall
     accuracy; the table is printed, logged (``repair/report``) and written to ``repair.md`` next to the
-    Shapley results, with the repaired weights in ``repaired_model.pt``.
+    Shapley results.
+
+    **The repair checks itself** before it commits. Its target is the game it repairs with; the game class
+    says which way is better (``negative_culprits``: True for a value that is good, such as accuracy or
+    worst-group accuracy, False for harm, such as attack success). The repair is **kept** when the target
+    improved by more than ``min_improvement`` and accuracy fell by at most ``max_accuracy_drop``; otherwise it
+    is **rolled back**: the model gets its pre-repair weights back (bit for bit; for ``guided_dropout`` the
+    weights from before the fine-tuning) and the reason names the numbers. With ``apply=False`` the outcome
+    is **reported only** (measured, then rolled back, with what the check would have decided). The outcome
+    is in :attr:`outcome` and :attr:`reason`, printed, logged (``repair/kept`` scalar; W&B summary
+    ``repair/outcome``, ``repair/reason``, ``repair/weights``; a ``repair/decision`` table for W&B and
+    TensorBoard) and written into ``repair.md``.
+
+    The decision and the report use the same held-out examples (the test split, or the analysis data when
+    there is none), so the "after" numbers of a kept repair were selected on those examples: an honest check
+    that the repair did not hurt, not an unbiased estimate of how much it helped. Judge that on data the run
+    never saw.
+
+    The repaired weights (``state_dict``) go to :attr:`model_path`, ``repaired_model.pt`` next to
+    ``repair.md``, only when the repair is kept: after a roll-back no such file is written (a stale one from
+    an earlier run in that folder is removed), so the file always holds a repaired model that passed the
+    check. With ``physical=True`` its tensors have the pruned shapes. :meth:`undo` restores the model as it
+    was before the repair.
 
     Args:
         method: a registered repair method name, or a :class:`~nsl.repair.RepairMethod` instance.
         game: whose values to use; ``None``: the first game that measures a defect (fairness, adversarial)
             for ``prune``, the first performance game (accuracy) for ``guided_dropout``, else the first game.
-        apply: keep the repair (False: report it, then restore the weights from before it).
-        heldout_size: held-out examples for the before/after report.
+        apply: keep the repair if it passes the check (False: report it, then restore the weights from before).
+        min_improvement: the target must improve by more than this (in the game's units, toward better);
+            0.0: strictly better. ``None``: do not check the target.
+        max_accuracy_drop: the largest fall of held-out accuracy (a fraction, 0.01 = one point) a kept repair
+            may cost. The default 0.01 is the usual "within one point of the baseline" budget of pruning work
+            and about one standard error of accuracy on the default 1,000 held-out examples, so smaller
+            changes are mostly noise while larger ones are real costs. ``None``: do not check accuracy.
+        heldout_size: held-out examples for the before/after report and the check.
         shapley: the analysis to read; ``None``: the one ``NeuronShapley`` among the trainer's callbacks.
-        **options: the method's options, e.g. ``k=5`` for ``prune``, ``p=0.1, epochs=2`` for ``guided_dropout``.
+        **options: the method's options, e.g. ``k=5, physical=True`` for ``prune``, ``p=0.1, epochs=2`` for
+            ``guided_dropout``.
 
     Example::
 
@@ -75,6 +113,8 @@ class ShapleyRepair(Callback):
         "pruned 2 culprits of accuracy: ['net.features...', 'net.features...']"
         >>> [row["metric"] for row in repair.report]
         ['accuracy']
+        >>> repair.outcome in ("kept", "rolled back"), repair.reason != ""
+        (True, True)
     """
 
     def __init__(
@@ -82,6 +122,8 @@ class ShapleyRepair(Callback):
         method: str | RepairMethod = "prune",
         game: str | None = None,
         apply: bool = True,
+        min_improvement: float | None = 0.0,
+        max_accuracy_drop: float | None = 0.01,
         heldout_size: int = 1000,
         shapley: NeuronShapley | None = None,
         **options: Any,
@@ -100,20 +142,33 @@ class ShapleyRepair(Callback):
         if game is not None and (not isinstance(game, str) or not game):
             raise ValueError(f"game={game!r} is not accepted; use a game name of the NeuronShapley, or None.")
         check_bool("apply", apply)
+        check_number("min_improvement", min_improvement, optional=True)
+        check_number("max_accuracy_drop", max_accuracy_drop, low=0, high=1, optional=True)
         check_int("heldout_size", heldout_size, low=1)
         if shapley is not None and not isinstance(shapley, NeuronShapley):
             raise ValueError(f"shapley={shapley!r} is not accepted; use a NeuronShapley or None.")
         self.game = game
         self.apply = apply
+        self.min_improvement = min_improvement
+        self.max_accuracy_drop = max_accuracy_drop
         self.heldout_size = heldout_size
         self.shapley = shapley
         self.report: list[dict[str, Any]] | None = None
         self.description = ""
+        #: "kept", "rolled back" or "reported only" once the repair ran (None before).
+        self.outcome: str | None = None
+        #: Why, with the numbers the check compared.
+        self.reason = ""
+        #: Where the repaired weights were written (only when kept; None otherwise).
+        self.model_path: Path | None = None
+        #: True once :meth:`undo` restored the pre-repair model.
+        self.undone = False
         self._spec: GameSpec | None = None
         self._games: dict[str, ModelGame] | None = None  # held-out games, built before the repair
         self._before: dict[str, float] | None = None
         self._source = ""
-        self._restore: dict[str, Tensor] | None = None  # weights from before the repair (apply=False)
+        self._restore: dict[str, Tensor] | None = None  # weights from before a fine-tuning, for a roll-back
+        self._revert: Callable[[], None] | None = None  # undoes a kept repair
         self._probabilities: Tensor | None = None
         self._dropout: FilterDropout | None = None
         self._resume_dropout: dict[str, Any] | None = None  # a checkpointed dropout stream, to continue
@@ -137,6 +192,7 @@ class ShapleyRepair(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != TrainerFn.FITTING:
             return
+        self.outcome, self.reason, self.model_path, self.undone, self._revert = None, "", None, False, None
         if self.shapley is None:
             found = [cb for cb in trainer.callbacks if isinstance(cb, NeuronShapley)]
             if len(found) != 1:
@@ -215,7 +271,8 @@ class ShapleyRepair(Callback):
         if trainer.fast_dev_run or trainer.interrupted:
             return
         assert self.shapley is not None and self._spec is not None
-        handle = None
+        revert: Callable[[], Any] | None = None
+        changed = True
         if isinstance(self.method, PruneCulprits):
             result = self.shapley.results.get(self._spec.name)
             if result is None:
@@ -227,20 +284,124 @@ class ShapleyRepair(Callback):
             if len(culprits) == 0:
                 rank_zero_info(f"[ShapleyRepair] no filter of {self._spec.name!r} has a harmful value.")
                 self.description = f"pruned 0 filters ({self._spec.name})"
+                changed = False
             else:
-                handle = self.method.apply(pl_module, players, culprits)
-                names = [players.names[i] for i in culprits.tolist()]
-                self.description = f"pruned {len(culprits)} culprits of {self._spec.name}: {names}"
+                try:
+                    revert = self._prune(pl_module, players, culprits)
+                except ValueError as err:  # a physical removal Torch-Pruning cannot do; the model is untouched
+                    if not self.method.physical:
+                        raise
+                    self.description = (
+                        f"physical removal of {len(culprits)} culprits of {self._spec.name} refused: {err}"
+                    )
+                    rank_zero_warn(f"ShapleyRepair: {self.description}")
+                    changed = False
         elif self._before is None:  # a fine-tuning repair that never started (the fit ended early)
             return
-        with eval_data.preserved_rng():
-            after = {label: game.full_value() for label, game in (self._games or {}).items()}
+        else:
+            restore = self._restore
+            if restore is None:
+                raise RuntimeError(
+                    "ShapleyRepair: the weights from before the fine-tuning are missing (a checkpoint of an older "
+                    "version?), so the repair can neither be rolled back nor undone; restart the fine-tuning."
+                )
+
+            def revert() -> None:  # the weights from before the fine-tuning
+                pl_module.load_state_dict(restore)
+        after = {label: model_value(game) for label, game in (self._games or {}).items()}
+        keep, why = self._check(after, changed)
+        if trainer.world_size > 1:  # every rank keeps or rolls back alike (rank 0 decides)
+            keep, why = trainer.strategy.broadcast((keep, why), src=0)
         if not self.apply:
-            if handle is not None:
-                handle.undo()
-            elif self._restore is not None:
-                pl_module.load_state_dict(self._restore)
+            self.outcome = "reported only"
+            self.reason = f"apply=False, so the repair was measured and undone; the check would have {why}"
+        elif keep:
+            self.outcome, self.reason = "kept", why
+        else:
+            self.outcome, self.reason = "rolled back", why
+        if self.outcome == "kept":
+            self._revert = revert
+        elif revert is not None:
+            revert()
         self._write_report(trainer, pl_module, after)
+
+    def _prune(self, pl_module: L.LightningModule, players: FilterPlayers, culprits: Tensor) -> Callable[[], None]:
+        """Prune the culprits; returns what restores the model as it was before (shapes too, for physical)."""
+        assert isinstance(self.method, PruneCulprits) and self._spec is not None
+        names = [players.names[i] for i in culprits.tolist()]
+        if self.method.physical:
+            snapshot = ModuleSnapshot(pl_module)
+            assert self._games is not None
+            example = next(iter(self._games.values())).inputs[:2]
+            handle = self.method.apply(pl_module, players, culprits, example_inputs=example)
+            self.description = (
+                f"physically removed {len(culprits)} culprits of {self._spec.name}: {names} "
+                f"(parameters {handle.params_before} -> {handle.params_after})"
+            )
+            return snapshot.restore
+        handle = self.method.apply(pl_module, players, culprits)
+        self.description = f"pruned {len(culprits)} culprits of {self._spec.name}: {names}"
+        return handle.undo
+
+    def _check(self, after: dict[str, float], changed: bool) -> tuple[bool, str]:
+        """Keep the repair? With the reason, naming the numbers compared (held-out, before -> after)."""
+        assert self._spec is not None
+        before = self._before or {}
+        label = report_label(self._spec)
+        higher = self._spec.game_class.negative_culprits  # a good value (culprits negative): higher is better
+        reasons: list[str] = []
+        keep = True
+        if not changed:
+            keep = False
+            reasons.append(f"nothing was repaired ({self.description}), so the model stays as it was")
+        elif self.min_improvement is not None:
+            if label not in after:
+                keep = False
+                reasons.append(f"{label} could not be measured on the held-out data ({self._source})")
+            else:
+                b, a = before[label], after[label]
+                gain = (a - b) if higher else (b - a)
+                way = "higher" if higher else "lower"
+                if gain > self.min_improvement:
+                    reasons.append(f"{label} improved {b:.4f} -> {a:.4f} ({way} is better)")
+                else:
+                    keep = False
+                    reasons.append(
+                        f"{label} did not improve by more than min_improvement={self.min_improvement}: "
+                        f"{b:.4f} -> {a:.4f} ({way} is better)"
+                    )
+        if changed and self.max_accuracy_drop is not None and "accuracy" in after:
+            b, a = before["accuracy"], after["accuracy"]
+            if b - a > self.max_accuracy_drop:
+                keep = False
+                reasons.append(
+                    f"accuracy fell by {b - a:.4f} ({b:.4f} -> {a:.4f}), more than max_accuracy_drop="
+                    f"{self.max_accuracy_drop}"
+                )
+            elif label != "accuracy" or self.min_improvement is None:
+                reasons.append(f"accuracy {b:.4f} -> {a:.4f} (within max_accuracy_drop={self.max_accuracy_drop})")
+        if not reasons:
+            reasons.append("no check was asked for (min_improvement=None, max_accuracy_drop=None)")
+        verdict = "kept it" if keep else "rolled it back"
+        text = "; ".join(reasons)
+        return keep, (text if self.apply else f"{verdict}: {text}")
+
+    def undo(self) -> None:
+        """Restore the model as it was before the repair, after a ``"kept"`` outcome.
+
+        Zero-pruning writes the pruned rows back bit for bit; physical pruning and fine-tuning restore the
+        saved pre-repair tensors (shapes and layer sizes too) into the same module objects. After
+        ``"rolled back"`` or ``"reported only"`` the model already is the pre-repair one, so this does nothing;
+        a second call does nothing either. ``repaired_model.pt`` stays where it is.
+        """
+        if self.outcome is None:
+            raise RuntimeError("ShapleyRepair.undo(): nothing to undo, the repair has not run yet (outcome=None).")
+        if self._revert is None:
+            return
+        self._revert()
+        self._revert = None
+        self.undone = True
+        rank_zero_info(f"[ShapleyRepair] undone: the model is back to its weights before the repair ({self.name}).")
 
     def _negative(self) -> bool:
         assert self._spec is not None
@@ -254,8 +415,8 @@ class ShapleyRepair(Callback):
             data, self._source = self._heldout_data(trainer)
             self._games = report_games(self.shapley.specs, pl_module, data.to(pl_module.device),
                                        self.shapley.seed + REPORT_SEED)
-            self._before = {label: game.full_value() for label, game in self._games.items()}
-        if not self.apply:
+        self._before = {label: model_value(game) for label, game in self._games.items()}
+        if self.method.finetune_epochs:  # the weights a roll-back (or undo) of the fine-tuning returns to
             self._restore = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
     def _heldout_data(self, trainer: L.Trainer) -> tuple[EvalData, str]:
@@ -278,9 +439,11 @@ class ShapleyRepair(Callback):
         self.report = [
             {"metric": m, "before": before[m], "after": after[m], "change": after[m] - before[m]} for m in before
         ]
+        assert self.shapley is not None and self.outcome is not None
+        out = self.shapley.output_dir(trainer)
+        self.model_path = out / MODEL_FILE if self.outcome == "kept" else None
         if not trainer.is_global_zero:
             return
-        assert self.shapley is not None
         table = [[r["metric"], r["before"], r["after"], r["change"]] for r in self.report]
         log_table(trainer.loggers, "repair/report", REPORT_COLUMNS, table, trainer.global_step)
         scalars = {}
@@ -288,15 +451,31 @@ class ShapleyRepair(Callback):
             key = r["metric"].split(" ")[0]
             scalars[f"repair/{key}_before"] = r["before"]
             scalars[f"repair/{key}_after"] = r["after"]
+        scalars["repair/kept"] = float(self.outcome == "kept")
         log_scalars(trainer.loggers, scalars, trainer.global_step)
-        out = self.shapley.output_dir(trainer)
         out.mkdir(parents=True, exist_ok=True)
+        if self.model_path is not None:
+            torch.save(pl_module.state_dict(), self.model_path)
+            weights = f"repaired weights (state_dict) in {self.model_path}"
+        else:
+            (out / MODEL_FILE).unlink(missing_ok=True)  # a file from an earlier run would contradict this report
+            weights = f"no {MODEL_FILE} written: the model keeps its weights from before the repair"
+        _log_outcome(trainer.loggers, self.outcome, self.reason, weights, trainer.global_step)
+        for logger in trainer.loggers:  # they were finalized before on_fit_end: write what came since
+            logger.save()
         n = len(next(iter(self._games.values())).targets) if self._games else 0
-        text = f"Repair: {self.description}\nMeasured on the {self._source} ({n} examples).\n\n"
+        discarded = " The 'after' column is the repaired model, measured, then discarded."
+        after_note = "" if self.outcome == "kept" else discarded
+        text = (
+            f"Repair: {self.description}\n"
+            f"Outcome: {self.outcome}: {self.reason}.\n"
+            f"Weights: {weights}.\n"
+            f"Measured on the {self._source} ({n} examples); the keep/roll-back decision used these same examples, "
+            f"so a kept repair's 'after' numbers are not an independent estimate.{after_note}\n\n"
+        )
         (out / "repair.md").write_text(text + markdown(REPORT_COLUMNS, table) + "\n")
-        if self.apply:
-            torch.save(pl_module.state_dict(), out / "repaired_model.pt")
         rank_zero_info("\n" + text + markdown(REPORT_COLUMNS, table))
+        rank_zero_info(f"[ShapleyRepair] {self.outcome}: {self.reason}. {weights[0].upper()}{weights[1:]}.")
 
     # ----------------------------------------------------------------------------------------- state
     @override
@@ -336,6 +515,34 @@ class ShapleyRepair(Callback):
                                            self.shapley.seed + REPORT_SEED)
 
 
+def report_label(spec: GameSpec) -> str:
+    """A game's row label in the report: its name, with its kind when the two differ."""
+    return spec.name if spec.name == spec.kind else f"{spec.name} ({spec.kind})"
+
+
+def model_value(game: ModelGame) -> float:
+    """The game's value of the model as it is, without masking hooks (so also after physical pruning).
+
+    Equal to ``game.full_value()`` on an unpruned model: with every filter on, masking multiplies by 1.
+    """
+    with preserve_mode(game.model), torch.inference_mode():
+        game.model.eval()
+        logits = game.model(game.inputs)
+    return float(game.score(logits.unsqueeze(0))[0])
+
+
+def _log_outcome(loggers: list[Logger], outcome: str, reason: str, weights: str, step: int) -> None:
+    """The outcome as text where a logger takes text: W&B summary and table, TensorBoard text."""
+    row = [[outcome, reason, weights]]
+    log_table(loggers, "repair/decision", OUTCOME_COLUMNS, row, step)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            summary = logger.experiment.summary
+            summary["repair/outcome"] = outcome
+            summary["repair/reason"] = reason
+            summary["repair/weights"] = weights
+
+
 def report_games(specs: list[GameSpec], model: L.LightningModule, data: EvalData, seed: int) -> dict[str, ModelGame]:
     """Overall accuracy and every game that ``data`` can play, keyed by report label.
 
@@ -343,7 +550,7 @@ def report_games(specs: list[GameSpec], model: L.LightningModule, data: EvalData
     same examples are attacked again after it (the paper's Fig. 3c).
     """
     players = FilterPlayers(model)
-    labels = {spec.name if spec.name == spec.kind else f"{spec.name} ({spec.kind})": g for g, spec in enumerate(specs)}
+    labels = {report_label(spec): g for g, spec in enumerate(specs)}
     games: dict[str, ModelGame] = {}
     if "accuracy" not in labels:  # overall accuracy is always reported, first
         games["accuracy"] = AccuracyGame(model, players, data.inputs, data.targets)
@@ -353,4 +560,4 @@ def report_games(specs: list[GameSpec], model: L.LightningModule, data: EvalData
     return games
 
 
-__all__ = ["REPORT_COLUMNS", "ShapleyRepair", "report_games"]
+__all__ = ["MODEL_FILE", "OUTCOMES", "REPORT_COLUMNS", "ShapleyRepair", "model_value", "report_games", "report_label"]

@@ -8,7 +8,7 @@ subclass of :class:`RepairMethod` plus ``@REPAIRS.register("name")``.
     >>> REPAIRS.names()
     ('prune', 'guided_dropout')
     >>> REPAIRS["prune"](k=3)
-    PruneCulprits(k=3, negative=None, only_signed=True)
+    PruneCulprits(k=3, negative=None, only_signed=True, physical=False)
     >>> REPAIRS["prune"](p=0.1)
     Traceback (most recent call last):
     ...
@@ -53,17 +53,22 @@ class PruneCulprits(RepairMethod):
         negative: ``None``: the game's own side (most negative values for accuracy and fairness, highest for
             attack success); True/False to force.
         only_signed: prune only culprits whose value really has the harmful sign.
+        physical: cut the filters out of the tensors (Torch-Pruning), so the model gets smaller and faster,
+            instead of zeroing them; layers coupled through a residual add, the output layer and removing a
+            whole layer are refused. The repaired weights then have the pruned shapes.
     """
 
     k: int = 5
     negative: bool | None = None
     only_signed: bool = True
+    physical: bool = False
 
     def __post_init__(self) -> None:
         check_int("k", self.k, low=1)
         if self.negative is not None:
             check_bool("negative", self.negative)
         check_bool("only_signed", self.only_signed)
+        check_bool("physical", self.physical)
 
     def culprits(self, result: ShapleyResult, negative: bool) -> Tensor:
         """The filters to prune, worst first (possibly none with ``only_signed``)."""
@@ -73,8 +78,11 @@ class PruneCulprits(RepairMethod):
             culprits = culprits[sign < 0] if negative else culprits[sign > 0]
         return culprits
 
-    def apply(self, model: nn.Module, players: FilterPlayers, culprits: Tensor) -> PrunedFilters:
-        return prune_filters(model, players, culprits)
+    def apply(
+        self, model: nn.Module, players: FilterPlayers, culprits: Tensor, example_inputs: Tensor | None = None
+    ) -> PrunedFilters:
+        """Prune ``culprits`` of ``players`` in ``model``; ``example_inputs`` (a small batch) for ``physical``."""
+        return prune_filters(model, players, culprits, physical=self.physical, example_inputs=example_inputs)
 
 
 @dataclass(frozen=True)
