@@ -201,6 +201,11 @@ def _print_summary(trainer: L.Trainer, callbacks: list[Any], loggers: list[Logge
                     f"top filters {top}"
                 )
             lines.append(f"  Shapley results: {cb.output_dir(trainer)}")
+            if cb.skipped:
+                lines.append(f"  skipped before training: {cb.skipped}")
+        if isinstance(cb, ShapleyRepair) and cb.outcome is not None:
+            weights = f"; repaired weights: {cb.model_path}" if cb.model_path else "; no repaired weights written"
+            lines.append(f"  repair {cb.name}: {cb.outcome} ({cb.reason}){weights}")
     lines.append(f"  run folder: {Path(trainer.default_root_dir).resolve()} (metrics.json: the metrics above)")
     for logger in loggers:
         if isinstance(logger, WandbLogger):

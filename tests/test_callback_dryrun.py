@@ -13,10 +13,11 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 from user_model import UserNet, as_dict, loaders, one_thread, synthetic, user_trainer
 
-from nsl import NeuronShapley
+from nsl import NeuronShapley, ShapleyRepair
 from nsl.callback.specs import parse_games
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -155,3 +156,26 @@ def test_all_games_config_makes_fairness_optional() -> None:
     specs = {s.name: s for s in parse_games(games)}
     assert not specs["fairness"].required
     assert all(s.required for name, s in specs.items() if name != "fairness")
+
+
+@pytest.mark.parametrize("repair_first", [False, True])
+def test_repair_targets_a_played_game_when_fairness_was_skipped(tmp_path: Path, repair_first: bool) -> None:
+    """A prune repair defaults to the first defect game; fairness skipped on data without groups leaves the
+    adversarial game (whichever callback comes first), and naming the skipped game fails before training."""
+    L.seed_everything(0, verbose=False)
+    train, val = loaders()
+    games = ["accuracy", {"kind": "fairness", "required": False}, {"kind": "adversarial", "attack": "fgsm"}]
+    cb = NeuronShapley(games=games, **FAST)
+    repair = ShapleyRepair("prune", k=1, only_signed=False, heldout_size=32, min_improvement=None,
+                           max_accuracy_drop=None)
+    trainer = user_trainer(tmp_path, [repair, cb] if repair_first else [cb, repair], epochs=1)
+    trainer.fit(UserNet(), train, val)
+    assert cb.skipped.keys() == {"fairness"} and repair._spec is not None and repair._spec.name == "adversarial"
+    assert repair.outcome == "kept" and repair.description.startswith("pruned 1 culprits of adversarial")
+
+    model = UserNet()
+    named = ShapleyRepair("prune", game="fairness", k=1, heldout_size=32)
+    trainer = user_trainer(tmp_path, [NeuronShapley(games=games, **FAST), named], epochs=2)
+    with pytest.raises(MisconfigurationException, match=r"game='fairness' was skipped by the analysis before"):
+        trainer.fit(model, train, val)
+    assert model.optimizer_steps == 0

@@ -202,6 +202,7 @@ class NeuronShapley(Callback):
         self._last_epoch = -1
         self._eval: EvalData | None = None
         self.picked: dict[str, int] = {}  # spec name -> the class a class game picked (frozen for the fit)
+        self.dry_run_done = False  # set by dry_run, reset at each fit's setup
         self.skipped: dict[str, str] = {}  # spec name -> why the dry run skipped it (``required: false``)
 
     def _validate_init(self) -> None:
@@ -294,6 +295,7 @@ class NeuronShapley(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Fail before training starts on layer patterns that match nothing (and similar bad configs).
         if stage == TrainerFn.FITTING:
+            self.dry_run_done = False
             players = self.players(pl_module)
             if self.verbose:
                 layers = ", ".join(f"{layer.name} ({layer.size})" for layer in players.layers)
@@ -304,8 +306,10 @@ class NeuronShapley(Callback):
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After setup, device placement and checkpoint restore (a picked class is known again), before any
-        # optimizer step: everything the analyses will need is checked now.
-        self.dry_run(trainer, pl_module)
+        # optimizer step: everything the analyses will need is checked now (unless a ShapleyRepair listed
+        # before this callback already asked for it).
+        if not self.dry_run_done:
+            self.dry_run(trainer, pl_module)
 
     def dry_run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Draw the evaluation data, build every game and evaluate v(N) and v(∅) once; fail on what a later
@@ -344,6 +348,7 @@ class NeuronShapley(Callback):
             raise ValueError(f"every game was skipped on this evaluation data ({self.skipped}); nothing to play.")
         if n_outputs is not None:
             self._warn_output_layer(pl_module, players, n_outputs)
+        self.dry_run_done = True
 
     def _fixed(self, spec: GameSpec) -> dict[str, Any]:
         """Options the callback froze for this game: the class a class game picked."""

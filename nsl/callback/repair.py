@@ -9,7 +9,7 @@ otherwise the model is rolled back to its pre-repair weights.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -213,10 +213,19 @@ class ShapleyRepair(Callback):
             self.shapley.players(pl_module)  # bad layer patterns fail now, not at fine-tuning
 
     def _choose_game(self, shapley: NeuronShapley) -> GameSpec:
+        """The game named by ``game``, else the first played game of the kind the method targets (a game the
+        analysis skipped before training, such as fairness on data without groups, is never chosen)."""
         if self.game is not None:
+            if self.game in shapley.skipped:
+                raise MisconfigurationException(
+                    f"ShapleyRepair game={self.game!r} was skipped by the analysis before training "
+                    f"({shapley.skipped[self.game]}); choose one of the played games "
+                    f"{[s.name for s in shapley.specs if s.name not in shapley.skipped]}."
+                )
             return shapley.spec(self.game)
+        played = [s for s in shapley.specs if s.name not in shapley.skipped]
         wanted = self.method.targets_defects
-        return next((s for s in shapley.specs if s.game_class.measures_defect == wanted), shapley.specs[0])
+        return next((s for s in played if s.game_class.measures_defect == wanted), played[0])
 
     # ----------------------------------------------------------------------------------------- fine-tuning
     @override
@@ -414,7 +423,7 @@ class ShapleyRepair(Callback):
         with eval_data.preserved_rng():
             data, self._source = self._heldout_data(trainer)
             self._games = report_games(self.shapley.specs, pl_module, data.to(pl_module.device),
-                                       self.shapley.seed + REPORT_SEED)
+                                       self.shapley.seed + REPORT_SEED, self.shapley.picked)
         self._before = {label: model_value(game) for label, game in self._games.items()}
         if self.method.finetune_epochs:  # the weights a roll-back (or undo) of the fine-tuning returns to
             self._restore = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
@@ -501,6 +510,10 @@ class ShapleyRepair(Callback):
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert self.shapley is not None
+        if not self.shapley.dry_run_done:  # this callback came first: let the analysis check its games now
+            self.shapley.dry_run(trainer, pl_module)
+        self._spec = self._choose_game(self.shapley)  # again, now that skipped games are known
         resumed = self._resume_dropout
         if resumed is not None and self._dropout is None:
             self._start_dropout(trainer, pl_module)
@@ -512,7 +525,7 @@ class ShapleyRepair(Callback):
                 data, _ = self._heldout_data(trainer)
                 assert self.shapley is not None
                 self._games = report_games(self.shapley.specs, pl_module, data.to(pl_module.device),
-                                           self.shapley.seed + REPORT_SEED)
+                                           self.shapley.seed + REPORT_SEED, self.shapley.picked)
 
 
 def report_label(spec: GameSpec) -> str:
@@ -543,11 +556,18 @@ def _log_outcome(loggers: list[Logger], outcome: str, reason: str, weights: str,
             summary["repair/weights"] = weights
 
 
-def report_games(specs: list[GameSpec], model: L.LightningModule, data: EvalData, seed: int) -> dict[str, ModelGame]:
+def report_games(
+    specs: list[GameSpec],
+    model: L.LightningModule,
+    data: EvalData,
+    seed: int,
+    picked: Mapping[str, int] | None = None,
+) -> dict[str, ModelGame]:
     """Overall accuracy and every game that ``data`` can play, keyed by report label.
 
     Built once, before the repair: the adversarial examples are made against the unrepaired model and the
-    same examples are attacked again after it (the paper's Fig. 3c).
+    same examples are attacked again after it (the paper's Fig. 3c). ``picked`` (a ``NeuronShapley``'s
+    ``picked``) holds the class each class game without a ``class_index`` analysed, so the report measures it.
     """
     players = FilterPlayers(model)
     labels = {report_label(spec): g for g, spec in enumerate(specs)}
@@ -556,7 +576,8 @@ def report_games(specs: list[GameSpec], model: L.LightningModule, data: EvalData
         games["accuracy"] = AccuracyGame(model, players, data.inputs, data.targets)
     for label, g in labels.items():
         if data.has(specs[g].game_class.required_data):
-            games[label] = specs[g].build(model, players, data, seed=seed + g)
+            fixed = {"class_index": picked[specs[g].name]} if picked and specs[g].name in picked else None
+            games[label] = specs[g].build(model, players, data, seed=seed + g, fixed=fixed)
     return games
 
 
