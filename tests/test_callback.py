@@ -230,7 +230,7 @@ def test_guided_dropout_repair_fine_tunes_the_last_epochs_of_the_fit(tmp_path: P
     [
         ({"method": "melt"}, "repair method 'melt'"),
         ({"method": "prune", "p": 0.1},
-         r"repair 'prune'.*'p'.*its options are \['k', 'negative', 'only_signed', 'physical'\]"),
+         r"repair 'prune'.*'p'.*its options are \['k', 'negative', 'only_signed', 'physical', 'z'\]"),
         ({"method": "guided_dropout", "p": 1.0}, r"p=1\.0"),
         ({"method": "prune", "k": 0}, "k=0"),
         ({"heldout_size": 0}, "heldout_size=0"),

@@ -16,6 +16,7 @@ from nsl.data import DigitsDataModule
 from nsl.models import Classifier, SmallCNN
 from nsl.repair import (
     FilterDropout,
+    PruneCulprits,
     PrunedFilters,
     finetune_with_dropout,
     guided_probabilities,
@@ -552,3 +553,19 @@ def test_finetune_with_dropout_restores_modes_and_rejects_bad_epochs(model):
         finetune_with_dropout(model, DigitsDataModule().train_dataloader(), 0.1, epochs=0)
     with pytest.raises(ValueError, match="p=1 is not a drop probability"):
         finetune_with_dropout(model, DigitsDataModule().train_dataloader(), 1)
+
+
+def test_prune_blames_only_culprits_harmful_beyond_noise() -> None:
+    """``only_signed`` prunes a filter only when its harmful sign clears ``z`` standard errors; a NaN standard
+    error (under 2 samples) never does; ``z=0`` is the sign alone, ``only_signed=False`` the k extremes."""
+    values = torch.tensor([-0.05, -0.02, 0.01, 0.03, -0.001], dtype=torch.float64)
+    stderr = torch.tensor([0.01, 0.02, 0.01, float("nan"), 0.0001], dtype=torch.float64)
+    result = ShapleyResult(values, stderr, torch.tensor([20, 20, 20, 1, 20]), 100, False)
+    assert PruneCulprits(k=5).culprits(result, negative=True).tolist() == [0, 4]
+    assert PruneCulprits(k=1).culprits(result, negative=True).tolist() == [0]
+    assert PruneCulprits(k=5, z=0).culprits(result, negative=True).tolist() == [0, 1, 4]
+    assert PruneCulprits(k=5).culprits(result, negative=False).tolist() == []  # 0.03 has no stderr, 0.01 is noise
+    assert PruneCulprits(k=5, z=0).culprits(result, negative=False).tolist() == [3, 2]
+    assert PruneCulprits(k=2, only_signed=False).culprits(result, negative=False).tolist() == [3, 2]
+    with pytest.raises(ValueError, match="z"):
+        PruneCulprits(z=-1.0)

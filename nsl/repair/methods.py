@@ -8,7 +8,7 @@ subclass of :class:`RepairMethod` plus ``@REPAIRS.register("name")``.
     >>> REPAIRS.names()
     ('prune', 'guided_dropout')
     >>> REPAIRS["prune"](k=3)
-    PruneCulprits(k=3, negative=None, only_signed=True, physical=False)
+    PruneCulprits(k=3, negative=None, only_signed=True, z=2.0, physical=False)
     >>> REPAIRS["prune"](p=0.1)
     Traceback (most recent call last):
     ...
@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from nsl.players import FilterPlayers
@@ -27,7 +28,7 @@ from nsl.registry import Registry
 from nsl.repair.dropout import GUIDED_MODES, guided_probabilities
 from nsl.repair.prune import PrunedFilters, prune_filters
 from nsl.shapley import ShapleyResult
-from nsl.validation import check_bool, check_choice, check_int, check_probability
+from nsl.validation import check_bool, check_choice, check_int, check_number, check_probability
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ class PruneCulprits(RepairMethod):
         k: culprits to prune.
         negative: ``None``: the game's own side (most negative values for accuracy and fairness, highest for
             attack success); True/False to force.
-        only_signed: prune only culprits whose value really has the harmful sign.
+        only_signed: prune only culprits whose value has the harmful sign by more than ``z`` standard errors
+            (the ``k`` most harmful of those): a filter whose estimate is within noise of 0 is not blamed. With
+            few samples (a short budget) this may leave nothing to prune, which the repair reports.
+        z: standard errors the harmful sign must clear under ``only_signed`` (0: the sign of the estimate alone).
         physical: cut the filters out of the tensors (Torch-Pruning), so the model gets smaller and faster,
             instead of zeroing them; layers coupled through a residual add, the output layer and removing a
             whole layer are refused. The repaired weights then have the pruned shapes.
@@ -61,6 +65,7 @@ class PruneCulprits(RepairMethod):
     k: int = 5
     negative: bool | None = None
     only_signed: bool = True
+    z: float = 2.0
     physical: bool = False
 
     def __post_init__(self) -> None:
@@ -68,15 +73,18 @@ class PruneCulprits(RepairMethod):
         if self.negative is not None:
             check_bool("negative", self.negative)
         check_bool("only_signed", self.only_signed)
+        check_number("z", self.z, low=0)
         check_bool("physical", self.physical)
 
     def culprits(self, result: ShapleyResult, negative: bool) -> Tensor:
         """The filters to prune, worst first (possibly none with ``only_signed``)."""
-        culprits = result.culprits(self.k, negative=negative)
-        if self.only_signed:
-            sign = result.values[culprits]
-            culprits = culprits[sign < 0] if negative else culprits[sign > 0]
-        return culprits
+        if not self.only_signed:
+            return result.culprits(self.k, negative=negative)
+        ranked = result.culprits(result.n_players, negative=negative)
+        harm = -result.values[ranked] if negative else result.values[ranked]
+        margin = self.z * result.stderr[ranked] if self.z > 0 else torch.zeros_like(harm)
+        clear = harm - margin > 0  # with z > 0 a NaN standard error (under 2 samples) never clears
+        return ranked[clear][: self.k]
 
     def apply(
         self, model: nn.Module, players: FilterPlayers, culprits: Tensor, example_inputs: Tensor | None = None
