@@ -88,3 +88,15 @@ def inspect_wandb(run_dir: Path, attempts: int = 40) -> list[dict]:
         if attempt + 1 < attempts:
             time.sleep(0.5)
     raise AssertionError(f"wandb leet inspect {run_dir} failed: {proc.stderr[-2000:]}")
+
+
+# nsl-train overrides for a seconds-long run (one epoch of four batches, a small CNN, a short analysis).
+TINY_TRAIN = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=4",
+    "trainer.enable_progress_bar=false",
+    "callbacks.neuron_shapley.max_evals=60",
+    "callbacks.neuron_shapley.eval_size=64",
+    "callbacks.neuron_shapley.curve_steps=3",
+    "model.net.channels=[4,6,8]",
+]

@@ -12,6 +12,7 @@ import matplotlib
 import pytest
 import torch
 
+from conftest import TINY_TRAIN
 from nsl.report import RemovalCurve
 from nsl.report.compare import find_runs, gini, half_mass, main
 from nsl.shapley import ShapleyResult
@@ -137,17 +138,7 @@ def test_the_report_leaves_the_plotting_backend_alone(group: Path) -> None:
         matplotlib.use(previous)
 
 
-TINY = [
-    "game=accuracy",
-    "logger=none",
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=4",
-    "trainer.enable_progress_bar=false",
-    "callbacks.neuron_shapley.max_evals=60",
-    "callbacks.neuron_shapley.eval_size=64",
-    "callbacks.neuron_shapley.curve_steps=3",
-    "model.net.channels=[4,6,8]",
-]
+TINY = ["game=accuracy", "logger=none", *TINY_TRAIN]
 
 
 @pytest.mark.slow

@@ -21,20 +21,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 import nsl
-from conftest import inspect_wandb
+from conftest import TINY_TRAIN, inspect_wandb
 from nsl.report import RemovalCurve
 from nsl.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=4",
-    "trainer.enable_progress_bar=false",
-    "callbacks.neuron_shapley.max_evals=60",
-    "callbacks.neuron_shapley.eval_size=64",
-    "callbacks.neuron_shapley.curve_steps=3",
-    "model.net.channels=[4,6,8]",
-]
+TINY = TINY_TRAIN
 
 
 def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
