@@ -220,8 +220,8 @@ def test_neuron_shapley_callback_under_ddp_spawn(tmp_path: Path, monkeypatch: py
     # Rank 0's picked class on every rank; the files carry it; the fit-end analysis has a checkpoint of its own.
     picked = ranks[0]["picked"]["class"]
     assert ranks[1]["picked"] == {"class": picked}
-    assert ranks[0]["files"] == ["accuracy.csv", "accuracy.pt", f"class_{picked}.csv", f"class_{picked}.pt",
-                                 "fit_end.ckpt"]
+    assert ranks[0]["files"] == ["accuracy.csv", "accuracy.pt", "accuracy_curve.pt", f"class_{picked}.csv",
+                                 f"class_{picked}.pt", f"class_{picked}_curve.pt", "fit_end.ckpt"]
     saved = ShapleyResult.load(tmp_path / "neuron_shapley" / "accuracy.pt")
     assert torch.equal(saved.values, ranks[0]["accuracy"]["values"]) and saved.world_size == 2
     assert math.isclose(saved.full_value, ranks[1]["accuracy"]["full_value"])

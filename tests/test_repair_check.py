@@ -16,7 +16,8 @@ from nsl.data import DigitsDataModule
 from nsl.models import Classifier, SmallCNN
 
 CHANNELS = (4, 6, 8)
-FAST = {"max_evals": 120, "eval_size": 64, "verbose": False, "curve_steps": 3}
+# 300 evaluations: enough samples for the planted filter to clear the default z = 2 standard errors
+FAST = {"max_evals": 300, "eval_size": 64, "verbose": False, "curve_steps": 3}
 PLANTED = "net.features.7:0"  # a filter of the trained model rewired to push every prediction to class 3
 # Pruning the accuracy game's most negative filter (the planted one) raises held-out accuracy: kept. Flipping
 # the side (negative=False) prunes the two most helpful filters instead, which costs accuracy: rolled back.
@@ -202,7 +203,7 @@ def test_refused_physical_removal_leaves_the_model_and_says_why(tmp_path: Path, 
     model.load_state_dict(trained_state)
     pre = PreRepair()
     trainer = quiet_trainer(1, limit_train_batches=1, limit_val_batches=1, default_root_dir=tmp_path, callbacks=[
-        NeuronShapley("accuracy", layers="net.features.0", **FAST), pre, repair])
+        NeuronShapley("accuracy", layers="net.features.0", top_k=3, **FAST), pre, repair])
     with pytest.warns(UserWarning, match="physical removal of 4 culprits of accuracy refused: cannot physically"):
         trainer.fit(model, DigitsDataModule(batch_size=64))
     assert repair.outcome == "rolled back" and "nothing was repaired (physical removal" in repair.reason
