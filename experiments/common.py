@@ -21,6 +21,7 @@ Scripts run from the repository root as modules, e.g. ``python -m experiments.fa
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -234,3 +235,28 @@ def run_script(main: Callable[[], Any]) -> None:
     """The ``__main__`` entry of a script: TF32-style matmuls where the hardware has them, then ``main()``."""
     torch.set_float32_matmul_precision("high")
     main()
+
+
+def parallel_map(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int, label: str = "runs") -> list[Any]:
+    """``[fn(job) for job in jobs]`` on ``workers`` spawned processes (in order), printing progress as jobs end.
+
+    The benchmarks run many independent seeded jobs; spawn (not fork) keeps torch's threads sane in workers.
+    """
+    results: list[Any] = []
+    start = time.perf_counter()
+    step = max(1, len(jobs) // 20)
+
+    def done(i: int) -> None:
+        if (i + 1) % step == 0 or i + 1 == len(jobs):
+            print(f"  {i + 1}/{len(jobs)} {label} done, {time.perf_counter() - start:.0f} s", flush=True)
+
+    if workers == 1:
+        for i, job in enumerate(jobs):
+            results.append(fn(job))
+            done(i)
+        return results
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for i, result in enumerate(pool.imap(fn, jobs, chunksize=1)):
+            results.append(result)
+            done(i)
+    return results

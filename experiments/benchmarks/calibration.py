@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import statistics
 import time
 from typing import Any
@@ -110,11 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for _, opts in ablation:
         jobs += [("rare", args.ablation_size, seed, opts) for seed in range(args.ablation_runs)]
     print(f"{len(jobs)} runs on {args.workers} worker(s)")
-    if args.workers == 1:
-        results = [one_run(job) for job in jobs]
-    else:
-        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-            results = pool.map(one_run, jobs, chunksize=1)
+    results = common.parallel_map(one_run, jobs, args.workers)
     cursor = 0
     rows, summary = [], {}
     for shape, n, runs in plan:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import statistics
 import time
 from pathlib import Path
@@ -80,7 +79,8 @@ def play(game: Game, truth: Tensor, seed: int, caps: dict[str, int]) -> dict[str
         "ladder": {},
     }
     for method in METHODS:
-        budgets = budgets_for(n, caps["anytime"] if method in ANYTIME else caps["per_budget"], method)
+        cap = caps["anytime"] if method in ANYTIME else caps.get(method, caps["per_budget"])
+        budgets = budgets_for(n, cap, method)
         if method == "tmab":
             budgets = [b for b in budgets if b <= max(TABLE_BUDGETS) * n]
         if method in COMPETITORS:
@@ -186,21 +186,18 @@ def plot(games: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
-    caps = {"anytime": args.max_budget, "per_budget": args.max_per_budget}
+    caps = {"anytime": args.max_budget, "per_budget": args.max_per_budget, "svarm": args.svarm_max_budget}
     plan = [(shape, n) for shape in args.shapes for n in args.sizes]
     jobs = [(shape, n, seed, caps) for shape, n in plan for seed in range(args.seeds)]
     print(f"{len(jobs)} synthetic runs on {args.workers} worker(s)")
-    if args.workers == 1:
-        results = [synthetic_job(job) for job in jobs]
-    else:
-        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-            results = pool.map(synthetic_job, jobs, chunksize=1)
+    results = common.parallel_map(synthetic_job, jobs, args.workers)
     games = {f"{shape} N={n}": results[i * args.seeds : (i + 1) * args.seeds] for i, (shape, n) in enumerate(plan)}
     notes = []
     if args.digits:
         with common.torch_threads(args.threads):
             game, reference, info = digits_game(args)
-            digits_caps = {"anytime": args.digits_max_budget, "per_budget": args.digits_max_per_budget}
+            digits_caps = {"anytime": args.digits_max_budget, "per_budget": args.digits_max_per_budget,
+                           "svarm": min(args.svarm_max_budget, args.digits_max_per_budget)}
             title = f"digits CNN N={info['filters']}"
             games[title] = [play(game, reference, 30_000 + s, digits_caps) for s in range(args.digits_seeds)]
         notes.append(
@@ -246,6 +243,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=20, help="seeds (fresh game instances) per synthetic game")
     p.add_argument("--max-budget", type=int, default=500, help="largest budget of anytime methods, × N")
     p.add_argument("--max-per-budget", type=int, default=100, help="largest budget of per-budget methods, × N")
+    p.add_argument("--svarm-max-budget", type=int, default=30,
+                   help="largest budget of shapiq's SVARM, × N (its bookkeeping is O(budget·N) per rung: slow)")
     p.add_argument("--digits", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--digits-seeds", type=int, default=5)
     p.add_argument("--digits-max-budget", type=int, default=200)
@@ -256,9 +255,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     quick = {"shapes": ["rare"], "sizes": [40], "seeds": 2, "max_budget": 30, "max_per_budget": 10,
-             "digits_seeds": 1, "digits_max_budget": 10, "digits_max_per_budget": 5, "reference_perms": 4,
-             "epochs": 1, "eval_size": 40}
-    positive = ("seeds", "digits_seeds", "max_budget", "max_per_budget", "reference_perms", "workers", "threads")
+             "svarm_max_budget": 10, "digits_seeds": 1, "digits_max_budget": 10, "digits_max_per_budget": 5,
+             "reference_perms": 4, "epochs": 1, "eval_size": 40}
+    positive = ("seeds", "digits_seeds", "max_budget", "max_per_budget", "svarm_max_budget", "reference_perms",
+                "workers", "threads")
     return common.parse_args(p, argv, quick=quick, quick_channels=(4, 6, 8), positive=positive)
 
 
