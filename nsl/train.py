@@ -34,7 +34,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from nsl.callback import NeuronShapley, ShapleyRepair
-from nsl.shapley import ShapleyResult
+from nsl.report.compare import saved_results
 
 # Trainer settings of a run whose results are measured afterwards rather than logged or checkpointed.
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
@@ -179,11 +179,6 @@ def _write_metrics(folder: Path, metrics: dict[str, float], callbacks: list[Any]
     return path
 
 
-def _saved_results(folder: Path, names: list[str]) -> dict[str, ShapleyResult]:
-    """The results the callback saved as ``<game>.pt`` (under ``ddp_spawn`` the launcher holds none itself)."""
-    return {n: ShapleyResult.load(folder / f"{n}.pt") for n in names if (folder / f"{n}.pt").is_file()}
-
-
 def _print_summary(trainer: L.Trainer, callbacks: list[Any], loggers: list[Logger], metrics: dict) -> None:
     lines = ["", "nsl-train finished."]
     for key in ("val/acc", "test/acc"):
@@ -193,7 +188,7 @@ def _print_summary(trainer: L.Trainer, callbacks: list[Any], loggers: list[Logge
         if isinstance(cb, NeuronShapley):
             results = dict(cb.results)
             if not results and cb.output_dir(trainer).is_dir():  # ddp_spawn: the workers held the results
-                results = _saved_results(cb.output_dir(trainer), [spec.name for spec in cb.specs])
+                results = saved_results(cb.output_dir(trainer))  # by result name, e.g. class_3
             for name, result in results.items():
                 top = ", ".join(result.names[i] for i in result.top_k[:3].tolist()) if result.names else ""
                 lines.append(

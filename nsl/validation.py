@@ -23,12 +23,12 @@ def _fail(name: str, value: Any, accepted: str, optional: bool) -> None:
     raise ValueError(f"{name}={value!r} is not accepted; use {accepted}.")
 
 
-def _range(kind: str, low: float | None, high: float | None, high_open: bool = False) -> str:
+def _range(kind: str, low: float | None, high: float | None, high_open: bool = False, low_open: bool = False) -> str:
     article = "an" if kind == "int" else "a"
     if low is not None and high is not None:
-        return f"{article} {kind} in [{low}, {high}{')' if high_open else ']'}"
+        return f"{article} {kind} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     if low is not None:
-        return f"{article} {kind} ≥ {low}"
+        return f"{article} {kind} {'>' if low_open else '≥'} {low}"
     if high is not None:
         return f"{article} {kind} ≤ {high}"
     return f"{article} {kind}"
@@ -54,17 +54,20 @@ def check_number(
     high: float | None = None,
     positive: bool = False,
     high_open: bool = False,
+    low_open: bool = False,
     optional: bool = False,
 ) -> None:
-    """``value`` is a finite real number (not a bool) within the bounds (> 0 with ``positive``), or None if
-    ``optional``."""
+    """``value`` is a finite real number (not a bool) within the bounds (> 0 with ``positive``; a bound excluded
+    with ``low_open``/``high_open``), or None if ``optional``."""
     if value is None and optional:
         return
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (not positive or value > 0) and (low is None or value >= low)
+    ok = ok and (not positive or value > 0) and (low is None or (value > low if low_open else value >= low))
     ok = ok and (high is None or (value < high if high_open else value <= high))
     if not ok:
-        accepted = "a positive number" if positive and high is None else _range("number", low, high, high_open)
+        accepted = (
+            "a positive number" if positive and high is None else _range("number", low, high, high_open, low_open)
+        )
         _fail(name, value, accepted, optional)
 
 

@@ -179,6 +179,9 @@ def test_fairness_game_uses_datamodule_groups_and_prune_repair(tmp_path: Path) -
         ({"estimator": "sobol"}, "estimator='sobol'"),
         ({"every_n_epochs": None, "at_fit_end": False}, "never run"),
         ({"interactions": 13}, "interactions=13"),
+        ({"accumulate": 0}, "accumulate=0 is not accepted; use a number in (0, 1"),
+        ({"accumulate": 1.5}, "accumulate=1.5 is not accepted"),
+        ({"save_checkpoint": "yes"}, "save_checkpoint='yes'"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs: dict, message: str) -> None:

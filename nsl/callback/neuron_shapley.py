@@ -218,10 +218,8 @@ class NeuronShapley(Callback):
         check_bool("at_fit_end", self.at_fit_end)
         check_bool("verbose", self.verbose)
         check_bool("save_checkpoint", self.save_checkpoint)
-        if not isinstance(self.accumulate, bool):
-            check_number("accumulate", self.accumulate, low=0, high=1)
-            if self.accumulate == 0:
-                raise ValueError("accumulate=0 is not accepted; use False, True or a number in (0, 1].")
+        if not isinstance(self.accumulate, bool):  # else the share of old samples kept
+            check_number("accumulate", self.accumulate, low=0, high=1, low_open=True)
         for name in ("eval_size", "max_evals", "curve_steps", "chunk_size"):
             check_int(name, getattr(self, name), low=1, optional=True)
         check_number("max_seconds", self.max_seconds, positive=True, optional=True)
@@ -337,9 +335,8 @@ class NeuronShapley(Callback):
                     rank_zero_info(f"[NeuronShapley] skipping game {spec.name!r} (required: false): {reason}.")
                     continue
                 self._check_top_k(spec, len(players))
-                options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
                 try:
-                    game = spec.build(pl_module, players, data, seed=self.seed + g, share=share, fixed=fixed, **options)
+                    game = self._build(g, spec, pl_module, players, data, share)
                     game(torch.stack([torch.ones(len(players)), torch.zeros(len(players))]).bool())  # v(N), v(∅)
                 except (ValueError, TypeError) as err:
                     raise type(err)(f"game {spec.name!r} failed its dry run before training: {err}") from err
@@ -349,6 +346,14 @@ class NeuronShapley(Callback):
         if n_outputs is not None:
             self._warn_output_layer(pl_module, players, n_outputs)
         self.dry_run_done = True
+
+    def _build(
+        self, g: int, spec: GameSpec, model: L.LightningModule, players: FilterPlayers, data: EvalData,
+        share: Callable[[Any], Any] | None,
+    ) -> ModelGame:
+        """Game ``g`` of the specs on ``data``, with its seed, the callback's chunk size and what it froze."""
+        options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
+        return spec.build(model, players, data, seed=self.seed + g, share=share, fixed=self._fixed(spec), **options)
 
     def _fixed(self, spec: GameSpec) -> dict[str, Any]:
         """Options the callback froze for this game: the class a class game picked."""
@@ -487,10 +492,7 @@ class NeuronShapley(Callback):
             for g, spec in enumerate(self.specs):
                 if (wanted is not None and spec.name not in wanted) or spec.name in self.skipped:
                     continue
-                options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
-                game = spec.build(
-                    pl_module, players, data, seed=self.seed + g, share=share, fixed=self._fixed(spec), **options
-                )
+                game = self._build(g, spec, pl_module, players, data, share)
                 if self._picks_class(spec) and spec.name not in self.picked:
                     self._pick(spec.name, int(game.class_index))  # type: ignore[attr-defined]
                 seed = self.seed + 1009 * self.runs + 101 * g

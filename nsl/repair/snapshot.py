@@ -72,13 +72,11 @@ class ModuleSnapshot:
             module = modules[name]
             for key, saved in state.parameters.items():
                 current = module._parameters.get(key)
-                if saved is None or current is None:
-                    if saved is None:
-                        module._parameters[key] = None
-                    else:
-                        module._parameters[key] = nn.Parameter(saved.clone())
-                    continue
-                if current.shape == saved.shape:
+                if saved is None:
+                    module._parameters[key] = None
+                elif current is None:
+                    module._parameters[key] = nn.Parameter(saved.clone())
+                elif current.shape == saved.shape:
                     current.copy_(saved.to(current.device))  # the same Parameter object: optimizers still see it
                 else:
                     current.data = saved.to(current.device).clone()

@@ -97,16 +97,23 @@ def _run_name(run_dir: Path, saved: dict[str, Any]) -> str:
     return run_dir.name
 
 
-def load_run(run_dir: Path, results_dir: Path, key: str) -> Run:
-    """A run from its folder and the folder of its ``<game>.pt`` files."""
-    results, curves = {}, {}
-    # In the order the callback wrote them (its order of games), ties by name.
+def saved_results(results_dir: Path) -> dict[str, ShapleyResult]:
+    """Every ``<name>.pt`` ShapleyResult in ``results_dir`` by result name (``class_3`` for a picked class), in
+    the order the callback wrote them (its order of games; ties by name). Curves and weights are not results."""
+    results = {}
     for path in sorted(results_dir.glob("*.pt"), key=lambda p: (p.stat().st_mtime_ns, p.name)):
         if path.name in NOT_RESULTS or path.name.endswith("_curve.pt"):
             continue
         result = _load_result(path)
         if result is not None:
             results[path.stem] = result
+    return results
+
+
+def load_run(run_dir: Path, results_dir: Path, key: str, results: dict[str, ShapleyResult] | None = None) -> Run:
+    """A run from its folder and the folder of its ``<game>.pt`` files (``results``: those files, if loaded)."""
+    results = saved_results(results_dir) if results is None else results
+    curves = {}
     for game in results:
         curve_path = results_dir / f"{game}_curve.pt"
         if curve_path.is_file():
@@ -136,19 +143,18 @@ def find_runs(folder: str | Path) -> list[Run]:
     if not root.is_dir():
         raise FileNotFoundError(f"{str(root)!r} is not a folder; expected an nsl-train run folder "
                                 "or a multirun folder whose subfolders are runs.")
-    candidates = [p for p in root.rglob("*.pt") if p.name not in NOT_RESULTS and not p.name.endswith("_curve.pt")]
-    result_dirs = sorted({p.parent for p in candidates if _load_result(p) is not None},
-                         key=lambda p: _natural(p.as_posix()))
-    if not result_dirs:
+    folders = sorted({p.parent for p in root.rglob("*.pt")}, key=lambda p: _natural(p.as_posix()))
+    found = {folder: results for folder in folders if (results := saved_results(folder))}  # each file loaded once
+    if not found:
         raise FileNotFoundError(
             f"no Shapley results under {str(root)!r}: expected <run>/neuron_shapley/<game>.pt files "
             "(written by nsl-train's NeuronShapley callback) in this folder or in its subfolders (a multirun)."
         )
     runs = []
-    for results_dir in result_dirs:
+    for results_dir, results in found.items():
         run_dir = results_dir.parent if results_dir.name == "neuron_shapley" else results_dir
         key = run_dir.relative_to(root).as_posix() if run_dir != root else root.resolve().name
-        runs.append(load_run(run_dir, results_dir, key))
+        runs.append(load_run(run_dir, results_dir, key, results))
     return runs
 
 
@@ -352,4 +358,5 @@ __all__ = [
     "plot_report",
     "report_text",
     "runs_table",
+    "saved_results",
 ]

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nsl.validation import check_number
+
 
 def merge_moments(
     count: Tensor, mean: Tensor, m2: Tensor, other_count: Tensor, other_mean: Tensor, other_m2: Tensor
@@ -18,12 +20,6 @@ def merge_moments(
     safe = total.clamp(min=1).double()
     delta = other_mean - mean
     return total, mean + delta * other_count / safe, m2 + other_m2 + delta * delta * count * other_count / safe
-
-
-def check_weight(weight: object) -> None:
-    """A discount weight: the share kept of old samples, a number in (0, 1]."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
-        raise ValueError(f"weight={weight!r} is not accepted; use a number in (0, 1] (the share of old samples kept).")
 
 
 class RunningStats:
@@ -81,7 +77,7 @@ class RunningStats:
         """These statistics counting as ``weight`` of their samples (rounded, half up): the means are kept, the
         sums of squared deviations scaled so each variance is kept, so confidence intervals widen as if fewer
         samples had been drawn. A player left with 0 samples starts afresh. ``weight=1`` is an exact copy."""
-        check_weight(weight)
+        check_number("weight", weight, low=0, high=1, low_open=True)  # the share of old samples kept
         out = RunningStats(self.n_players)
         if weight == 1:
             out.load_state_dict(self.state_dict())
