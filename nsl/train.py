@@ -168,7 +168,8 @@ def _write_metrics(folder: Path, metrics: dict[str, float], callbacks: list[Any]
     """``metrics.json`` in the run folder: the final metrics, the run's name and any repair's before/after report,
     so ``nsl-report`` can compare runs offline."""
     repairs = [
-        {"name": cb.name, "description": cb.description, "report": cb.report}
+        {"name": cb.name, "description": cb.description, "outcome": cb.outcome, "reason": cb.reason,
+         "report": cb.report}
         for cb in callbacks
         if isinstance(cb, ShapleyRepair) and cb.report
     ]

@@ -34,9 +34,9 @@ def save_result(folder: Path, game: str, values: list[float], stderr: list[float
     return result
 
 
-def write_run(run: Path, name: str, metrics: dict[str, float]) -> None:
+def write_run(run: Path, name: str, metrics: dict[str, float], repair: list[dict] | None = None) -> None:
     run.mkdir(parents=True, exist_ok=True)
-    (run / "metrics.json").write_text(json.dumps({"name": name, "metrics": metrics, "repair": []}))
+    (run / "metrics.json").write_text(json.dumps({"name": name, "metrics": metrics, "repair": repair or []}))
 
 
 def table_row(text: str, label: str) -> list[str]:
@@ -49,7 +49,9 @@ def table_row(text: str, label: str) -> list[str]:
 def group(tmp_path: Path) -> Path:
     """Hand-built multirun: job 0 and job 10 (natural order), job 10 without a class game or a curve."""
     root = tmp_path / "multirun"
-    write_run(root / "0", "repair=none", {"test/acc": 0.9, "val/acc": 0.875})
+    rolled_back = {"name": "prune", "outcome": "rolled back", "reason": "fairness did not improve",
+                   "report": [{"metric": "fairness", "before": 0.75, "after": 0.5, "change": -0.25}]}
+    write_run(root / "0", "repair=none", {"test/acc": 0.9, "val/acc": 0.875}, [rolled_back])
     save_result(root / "0" / "neuron_shapley", "accuracy", [0.5, -0.25, 0.125, 0.0625], [0.01, 0.02, NAN, 0.03])
     save_result(root / "0" / "neuron_shapley", "class", [0.0, -0.5, 0.25], [0.1, 0.2, 0.3], tail="bottom")
     RemovalCurve([0, 1, 2], [0.9, 0.5, 0.25], [0.9, 0.85, 0.8], [0.0, 0.01, 0.02]).save(
@@ -78,6 +80,8 @@ def test_table_numbers_match_the_saved_files(group: Path, capsys: pytest.Capture
     assert table_row(out, "name") == ["repair=none", "repair=filter_dropout"]
     assert table_row(out, "test/acc") == ["0.9000", "0.8000"]
     assert table_row(out, "val/acc") == ["0.8750", "—"]
+    assert table_row(out, "repair prune: outcome") == ["rolled back", "—"]  # its "after" was discarded
+    assert table_row(out, "repair prune: fairness") == ["0.7500 → 0.5000", "—"]
     accuracy = out[out.index("## accuracy"):out.index("## class")]
     assert table_row(accuracy, "")[:2] == ["0", "10"]  # job 10 after job 2..9, not after job 1
     assert table_row(accuracy, "converged") == ["True", "False"]

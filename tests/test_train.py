@@ -105,7 +105,7 @@ def test_train_runs_end_to_end_in_process(
     assert kept == [float(outcome == "kept")]
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     saved = json.loads((tmp_path / "metrics.json").read_text())  # what nsl-report reads back
-    assert saved["metrics"] == metrics and [r["name"] for r in saved["repair"]] == ["prune"]
+    assert saved["metrics"] == metrics and [(r["name"], r["outcome"]) for r in saved["repair"]] == [("prune", outcome)]
     assert RemovalCurve.load(out / "accuracy_curve.pt").removed == [0, 1, 2, 3]  # curve_steps=3
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     (checkpoint,) = [v for k, v in last["callbacks"].items() if k.startswith("AutoModelCheckpoint")]

@@ -170,7 +170,8 @@ def format_value(value: float, stderr: float) -> str:
 
 
 def runs_table(runs: Sequence[Run]) -> str:
-    """Runs side by side: name, folder, final metrics and each repair's before → after."""
+    """Runs side by side: name, folder, final metrics, each repair's outcome and its before → after (the
+    "after" of a repair that was rolled back is the discarded repaired model)."""
     columns = ["", *[r.key for r in runs]]
     rows: list[list[Any]] = [["name", *[r.name for r in runs]]]
     keys = sorted({k for r in runs for k in r.metrics}, key=_metric_order)
@@ -179,6 +180,8 @@ def runs_table(runs: Sequence[Run]) -> str:
     repair_rows: dict[str, dict[str, str]] = {}
     for r in runs:
         for repair in r.repairs:
+            if repair.get("outcome"):
+                repair_rows.setdefault(f"repair {repair.get('name', '')}: outcome", {})[r.key] = repair["outcome"]
             for row in repair.get("report") or []:
                 label = f"repair {repair.get('name', '')}: {row['metric']}"
                 repair_rows.setdefault(label, {})[r.key] = f"{row['before']:.4f} → {row['after']:.4f}"
