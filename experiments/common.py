@@ -2,7 +2,8 @@
 
 - :func:`parser`: one ``argparse`` parser with the flags every script takes (``--seed``, ``--out``, ``--quick``,
   ``--project``, ``--group``, ``--no-wandb``); a script adds its own.
-- :func:`parse_args` (``--quick`` settings, SmallCNN ``channels``), :func:`check_positive`; the repair
+- :func:`parse_args` (``--quick`` settings, SmallCNN ``channels``, the seed lists of :mod:`experiments.seeds`),
+  :func:`check_positive`; the repair
   experiments' flags: :func:`add_removal_flags`, :func:`parse_removal_args`.
 - :func:`train_model`: the model of an ``nsl-train`` training variant (``nsl/conf/experiment/*.yaml``), fitted
   exactly as the app fits it; :func:`trained_digits`: the digits model with its players and validation images.
@@ -33,6 +34,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from experiments import seeds
 from nsl import FilterPlayers, prune_filters
 from nsl.data import load_digits_tensors
 from nsl.report import parse_counts, report_experiment
@@ -66,11 +68,12 @@ def parse_args(
     ``quick`` settings (a value, or a function of the flag's value); check the ``positive`` flags."""
     args = p.parse_args(argv)
     args.channels = quick_channels if args.quick else DIGITS_CHANNELS
+    seeded = hasattr(args, "train_seeds")  # the script took seeds.add_seed_flags
     if args.quick:
-        for key, value in quick.items():
+        for key, value in {**(seeds.QUICK if seeded else {}), **quick}.items():
             setattr(args, key, value(getattr(args, key)) if callable(value) else value)
     check_positive(args, *positive)
-    return args
+    return seeds.finish_seed_args(args) if seeded else args
 
 
 def add_removal_flags(p: argparse.ArgumentParser, ks: Sequence[int], *, top_k_help: str, n_random: int) -> None:
