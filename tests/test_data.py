@@ -21,8 +21,12 @@ from nsl.data import (
     CIFAR10DataModule,
     DigitsDataModule,
     FairDigitsDataModule,
+    FairShapesDataModule,
+    ShapesDataModule,
     load_digits_tensors,
     load_fair_digits_tensors,
+    load_fair_shapes_tensors,
+    load_shapes_tensors,
 )
 from nsl.data.vision import CIFAR10_MEAN, CIFAR10_STD
 from nsl.games import FairnessGame
@@ -309,14 +313,83 @@ def test_pretrained_weights_load_and_head_is_replaced(tmp_path: Path, monkeypatc
     assert torch.equal(same.classifier[1].weight, reference["classifier.1.weight"])
 
 
+# ---------------------------------------------------------------- generated shapes
+
+
+def test_shapes_are_deterministic_valid_rgb_images() -> None:
+    x, y = load_shapes_tensors("val", val_size=200, seed=3)
+    assert x.shape == (200, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.long
+    assert x.min() >= 0 and x.max() <= 1
+    assert set(y.tolist()) == set(range(10))  # all ten shapes appear in 200 draws
+    again, _ = load_shapes_tensors("val", val_size=200, seed=3)
+    assert torch.equal(x, again)
+    other, _ = load_shapes_tensors("val", val_size=200, seed=4)
+    test, _ = load_shapes_tensors("test", test_size=200, seed=3)
+    assert not torch.equal(x, other) and not torch.equal(x, test)  # seeds and splits draw their own images
+    # colour: the channels differ (not grey), and the shape is brighter than the dark background
+    assert (x[:, 0] - x[:, 1]).abs().mean() > 0.05
+    centre = x[:, :, 14:18, 14:18].mean((1, 2, 3))
+    corner = x[:, :, :3, :3].mean((1, 2, 3))
+    assert (centre > corner).float().mean() > 0.7  # most shapes cover the centre
+
+
+def test_shapes_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="split='dev'"):
+        load_shapes_tensors("dev")
+    with pytest.raises(ValueError, match="train_size=0"):
+        ShapesDataModule(train_size=0)
+    with pytest.raises(ValueError, match=r"minority_labels=\[12\]"):
+        load_fair_shapes_tensors("train", train_size=50, minority_labels=[12])
+    with pytest.raises(ValueError, match=r"rare_share=1\.5"):
+        FairShapesDataModule(train_size=50, rare_share=1.5)
+
+
+def test_fair_shapes_invert_group_one_and_tie_it_to_labels_in_training() -> None:
+    x, y, g = load_fair_shapes_tensors("train", train_size=2000, seed=1)
+    plain, labels = load_shapes_tensors("train", train_size=2000, seed=1)
+    assert torch.equal(y, labels)
+    assert torch.allclose(x[g == 1], 1 - plain[g == 1]) and torch.equal(x[g == 0], plain[g == 0])
+    share = torch.stack([g[y == c].float().mean() for c in range(10)])
+    assert torch.all((share[:5] - 0.5).abs() < 0.02) and torch.all(share[5:] < 0.05)
+    _, yv, gv = load_fair_shapes_tensors("val", seed=1)
+    share_val = torch.stack([gv[yv == c].float().mean() for c in range(10)])
+    assert torch.all((share_val - 0.5).abs() < 0.1)  # group independent of the label outside training
+    dm = FairShapesDataModule(train_size=100, seed=1)
+    assert torch.equal(dm.val_groups, gv) and len(next(iter(dm.val_dataloader()))) == 2
+
+
+@pytest.mark.slow
+def test_a_wide_cnn_learns_fair_shapes_and_is_unfair_to_group_one() -> None:
+    torch.manual_seed(0)
+    dm = FairShapesDataModule(train_size=1500, seed=0)
+    model = Classifier(SmallCNN(channels=(8, 16, 16, 32), in_channels=3, pool_after=(0, 1, 2)))
+    _trainer(6).fit(model, dm)
+    x, y, g = dm.tensors("test")
+    with torch.no_grad():
+        correct = (model.eval()(x).argmax(1) == y).float()
+    assert correct.mean() > 0.6  # ten shapes, chance is 0.1
+    assert correct[g == 0].mean() > correct[g == 1].mean() + 0.05  # the shortcut costs group 1
+
+
+def test_small_cnn_pools_where_asked() -> None:
+    net = SmallCNN(channels=(4, 6, 8, 10), in_channels=3, pool_after=(0, 1, 2))
+    assert sum(isinstance(m, nn.MaxPool2d) for m in net.features) == 3
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match=r"pool_after=\[4\] names blocks \[4\]"):
+        SmallCNN(channels=(4, 6), pool_after=(4,))
+
+
 # ---------------------------------------------------------------- Hydra configs
 
 CONFIGS = {
     ("data", "digits"): DigitsDataModule,
     ("data", "fair_digits"): FairDigitsDataModule,
+    ("data", "shapes"): ShapesDataModule,
+    ("data", "fair_shapes"): FairShapesDataModule,
     ("data", "cifar10"): CIFAR10DataModule,
     ("data", "celeba"): CelebADataModule,
     ("model", "small_cnn"): Classifier,
+    ("model", "wide_cnn"): Classifier,
     ("model", "resnet18"): Classifier,
     ("model", "squeezenet"): Classifier,
 }

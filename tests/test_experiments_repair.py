@@ -66,18 +66,34 @@ def test_adversarial_repair_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("WANDB_MODE", "offline")
     module = load_script("adversarial_repair")
     out = module.main(["--quick", "--out", str(tmp_path)])
-    tm, rnd = out["curves"]["tmab"], out["curves"]["random"]
-    assert len(tm) == len(rnd) == len(out["ks"])
-    # with nothing removed the regenerated attack is the same attack on the same model: transfer == adaptive
-    assert tm[0]["adaptive"] == pytest.approx(tm[0]["transfer"])
-    assert tm[0] == pytest.approx(rnd[0])
-    assert all(0 <= r[m] <= 1 for r in tm + rnd for m in ("transfer", "adaptive", "clean"))
-    top = out["result"].culprits(out["ks"][-1])
-    assert torch.all(out["result"].values[top].diff() <= 0)  # highest contributors first
+    runs, ks, stats = out["runs"], out["ks"], out["stats"]
+    assert [(r["train_seed"], r["estimator_seed"]) for r in runs] == [(0, 0), (0, 1)]  # --quick: 1 × 2 seeds
+    for run in runs:
+        curves = run["curves"]
+        assert set(curves) == {"tmab", "leave_one_out", "random"}
+        # with nothing removed the regenerated attack is the same attack on the same model: transfer == adaptive
+        assert curves["tmab"][0]["adaptive"] == pytest.approx(curves["tmab"][0]["transfer"])
+        assert curves["tmab"][0] == pytest.approx(curves["random"][0])
+        assert curves["tmab"][0] == pytest.approx(curves["leave_one_out"][0])
+        assert all(0 <= r[m] <= 1 for rows in curves.values() for r in rows for m in ("transfer", "adaptive", "clean"))
+        top = run["result"].culprits(ks[-1])
+        assert torch.all(run["result"].values[top].diff() <= 0)  # highest contributors first
+        # the net game's value lies in [-1, 1]: attack success minus clean accuracy
+        assert -1 <= run["v_full"] <= 1 and -1 <= run["v_empty"] <= 1
+    assert runs[0]["curves"]["leave_one_out"] == runs[1]["curves"]["leave_one_out"]  # deterministic per network
+    # the spreads are over the runs: mean and sample sd of the per-run values
+    for name in ("tmab", "random"):
+        for i in range(len(ks)):
+            values = torch.tensor([run["curves"][name][i]["transfer"] for run in runs], dtype=torch.float64)
+            assert stats[name][i]["transfer"].mean == pytest.approx(float(values.mean()))
+            assert stats[name][i]["transfer"].sd == pytest.approx(float(values.std()), abs=1e-12)
+            assert stats[name][i]["transfer"].n == 2
     text = (tmp_path / "adversarial_repair.md").read_text()
-    assert "transfer success (tmab)" in text and "adaptive success (tmab)" in text and "clean acc (tmab)" in text
+    assert "| k | ranking | transfer success | adaptive success | clean accuracy |" in text
+    assert "attack success − clean accuracy" in text and " ± " in text and "1 training seed (0) × 2" in text
     assert (tmp_path / "adversarial_repair.png").stat().st_size > 5000
-    assert {"attack_success_vs_k", "transfer_before", "clean_after"} <= logged_keys(out["wandb_dir"])
+    keys = logged_keys(out["wandb_dir"])
+    assert {"attack_success_vs_clean", "tmab/transfer_at_0", "random/clean_at_3_sd", "tmab_evals"} <= keys
 
 
 def test_bad_arguments_fail_before_any_work() -> None:
@@ -93,6 +109,12 @@ def test_bad_arguments_fail_before_any_work() -> None:
         adversarial.parse(["--eps", "2.0"])
     with pytest.raises(ValueError, match=r"--n-random=0"):
         adversarial.parse(["--n-random", "0"])
+    with pytest.raises(ValueError, match=r"the shapes network has only 240"):
+        adversarial.parse(["--ks", "0,300"])
+    with pytest.raises(ValueError, match=r"--train-seeds='0,0' must be distinct"):
+        adversarial.parse(["--train-seeds", "0,0"])
+    with pytest.raises(ValueError, match=r"--estimator-seeds='a'"):
+        adversarial.parse(["--estimator-seeds", "a"])
     with pytest.raises(ValueError, match=r"--sweep-dir=.*nope"):
         dropout.parse(["--sweep-dir", "nope"])
     with pytest.raises(ValueError, match=r"not key=value"):

@@ -132,6 +132,22 @@ def test_adversarial_game_examples_and_success(model, digits_val):
     assert targeted.full_value() > (y == 7).float().mean() + 0.2
 
 
+def test_adversarial_game_net_of_clean_is_success_minus_clean_accuracy(model, digits_val):
+    x, y = digits_val
+    players = FilterPlayers(model)
+    attack = {"eps": 0.3, "steps": 5, "seed": 2}
+    net = AdversarialGame(model, players, x, y, net_of_clean=True, **attack)
+    success = AdversarialGame(model, players, x, y, **attack)
+    clean = AccuracyGame(model, players, x, y)
+    assert torch.equal(net.adversarial_inputs, success.inputs)  # the same examples, attacked once
+    present = torch.rand(6, len(players), generator=torch.Generator().manual_seed(0)) < 0.7
+    present[0] = True
+    expected = success(present) - clean(present)
+    assert torch.allclose(net(present), expected, atol=1e-12)
+    assert net.full_value() == pytest.approx(success.full_value() - clean.full_value())
+    assert expected.std() > 0  # the coalitions differ, so the check is not a constant
+
+
 def test_attack_uses_its_own_generator(model, digits_val):
     x, y = digits_val
     torch.manual_seed(0)

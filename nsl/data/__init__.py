@@ -1,4 +1,4 @@
-"""Data: scikit-learn's digits, shipped inside scikit-learn, so nothing is downloaded."""
+"""Data: scikit-learn's digits (shipped inside scikit-learn) and generated shapes, so nothing is downloaded."""
 
 from nsl.data.digits import DigitsDataModule, load_digits_tensors
 
@@ -18,3 +18,12 @@ from nsl.data.vision import CelebADataModule, CIFAR10DataModule, read_cifar10  #
 
 __all__ += ["CIFAR10DataModule", "CelebADataModule", "FairDigitsDataModule", "load_fair_digits_tensors"]
 __all__ += ["read_cifar10"]
+
+from nsl.data.shapes import (  # noqa: E402
+    FairShapesDataModule,
+    ShapesDataModule,
+    load_fair_shapes_tensors,
+    load_shapes_tensors,
+)
+
+__all__ += ["FairShapesDataModule", "ShapesDataModule", "load_fair_shapes_tensors", "load_shapes_tensors"]

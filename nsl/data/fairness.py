@@ -21,12 +21,12 @@ from nsl.data.digits import SPLITS, DigitsDataModule, load_digits_tensors
 NUM_CLASSES = 10
 
 
-def _check_share(name: str, value: float) -> None:
+def check_share(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name}={value!r} must be a share in [0, 1].")
 
 
-def _assign_groups(labels: Tensor, shares: Tensor, generator: torch.Generator) -> Tensor:
+def assign_groups(labels: Tensor, shares: Tensor, generator: torch.Generator) -> Tensor:
     """Group 1 for exactly ``round(share[y] · n_y)`` randomly chosen images of each label y, else group 0."""
     groups = torch.zeros(len(labels), dtype=torch.long)
     for label in range(NUM_CLASSES):
@@ -59,9 +59,9 @@ def load_fair_digits_tensors(
     labels_set = sorted({int(c) for c in minority_labels})
     if not labels_set or labels_set[0] < 0 or labels_set[-1] >= NUM_CLASSES:
         raise ValueError(f"minority_labels={list(minority_labels)!r} must be digits in 0..{NUM_CLASSES - 1}.")
-    _check_share("minority_share", minority_share)
-    _check_share("rare_share", rare_share)
-    _check_share("eval_share", eval_share)
+    check_share("minority_share", minority_share)
+    check_share("rare_share", rare_share)
+    check_share("eval_share", eval_share)
     images, labels = load_digits_tensors(split, val_size, test_size, seed)
     if split == "train":
         shares = torch.full((NUM_CLASSES,), float(rare_share))
@@ -70,7 +70,7 @@ def load_fair_digits_tensors(
         shares = torch.full((NUM_CLASSES,), float(eval_share))
     # A separate stream per split, so changing one split's options leaves the others' groups alone.
     generator = torch.Generator().manual_seed(seed * len(SPLITS) + SPLITS.index(split) + 1)
-    groups = _assign_groups(labels, shares, generator)
+    groups = assign_groups(labels, shares, generator)
     images = torch.where(groups.view(-1, 1, 1, 1).bool(), 1.0 - images, images)
     return images, labels, groups
 

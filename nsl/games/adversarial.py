@@ -1,4 +1,5 @@
-"""Adversarial game: value = the attack's success; the filters with the highest values help the adversary."""
+"""Adversarial game: value = the attack's success (optionally net of clean accuracy); the filters with the highest
+values help the adversary."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ class AdversarialGame(ModelGame):
             from ``seed``.
         bounds: valid input range for clamping; ``None`` uses the evaluation data's own min and max.
         seed: seeds the PGD start points and random targets (the global RNG is never touched).
+        net_of_clean: value = attack success − clean accuracy of the same coalition on the same images. A filter
+            the model needs to classify at all helps the attack too (a broken model is hit by nothing), so on
+            attack success alone the top values mix attack helpers with essential filters; net of clean
+            accuracy, a filter's value is its help to the attack minus its help to clean classification
+            (Shapley values are linear), and the top values are filters that serve the attack more than the
+            task. Each coalition then evaluates the clean images too (twice the rows).
         **kwargs: ``chunk_size``, ``max_rows``, ``device``.
 
     Its value is harm, so the culprits are the highest values (the top tail) and a repair removes them by
@@ -64,6 +71,7 @@ class AdversarialGame(ModelGame):
         target_class: int | None = None,
         bounds: tuple[float, float] | None = None,
         seed: int = 0,
+        net_of_clean: bool = False,
         **kwargs,
     ) -> None:
         check_choice("attack", attack, ATTACKS)
@@ -98,15 +106,22 @@ class AdversarialGame(ModelGame):
             bounds=bounds,
             generator=generator,
         )
+        self.adversarial_inputs = self.inputs
+        self.net_of_clean = bool(net_of_clean)
+        if self.net_of_clean:  # rows [adversarial; clean], split again in score()
+            self.inputs = torch.cat([self.adversarial_inputs, self.clean_inputs])
+
+    def _hit_rate(self, preds: Tensor, labels: Tensor) -> Tensor:
+        return multiclass_accuracy(
+            preds, labels.expand(preds.shape[0], -1), num_classes=self.num_classes, average="micro",
+            multidim_average="samplewise",
+        )
 
     def score(self, logits: Tensor) -> Tensor:
         preds = logits.argmax(dim=-1)
-        k = preds.shape[0]
-        hit = multiclass_accuracy(
-            preds,
-            self.attack_labels.expand(k, -1),
-            num_classes=self.num_classes,
-            average="micro",
-            multidim_average="samplewise",
-        )
-        return hit if self.targeted else 1 - hit
+        n = len(self.attack_labels)
+        hit = self._hit_rate(preds[:, :n], self.attack_labels)
+        success = hit if self.targeted else 1 - hit
+        if self.net_of_clean:
+            return success - self._hit_rate(preds[:, n:], self.true_labels)
+        return success
