@@ -12,8 +12,9 @@ differences from TMAB that are larger than the spread in bold.
 Class-specific curves (paper Fig. 2a), for each digit of ``--classes`` and each run: TMAB on that digit's class
 game (its validation images), then the digit's accuracy and the accuracy on all other digits, on held-out test
 images, as its top filters are removed, next to the same curves for the run's overall-accuracy TMAB ranking and for
-random orders. Writes ``removal_curves.md``, ``removal_curves.png`` and ``removal_curves_classes.png`` (mean curves
-with ±1 sd bands) to ``--out`` and logs them to W&B (offline unless ``WANDB_MODE=online``).
+random orders. ``--seed`` is unused: the two seed lists set every seed. Writes ``removal_curves.md``,
+``removal_curves.png`` and ``removal_curves_classes.png`` (mean curves with ±1 sd bands) to ``--out`` and logs them
+to W&B (offline unless ``WANDB_MODE=online``).
 
     python -m experiments.removal_curves
     python -m experiments.removal_curves --classes 1,7 --quick   # smoke setting, seconds
