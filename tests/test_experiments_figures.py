@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import inspect_wandb
+from experiments import seeds
 from experiments.common import random_orders
 from nsl import AccuracyGame, ClassGame, FilterPlayers, monte_carlo
 from nsl.data import load_digits_tensors
@@ -50,47 +51,119 @@ def offline_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+def sample_sd(xs: list[float]) -> float:
+    mean = sum(xs) / len(xs)
+    return (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+
+
+def area(curve: list[float]) -> float:
+    """Mean accuracy over 0..n removed (trapezoid), recomputed independently of the script."""
+    return float(torch.trapezoid(torch.tensor(curve, dtype=torch.float64))) / (len(curve) - 1)
+
+
 @pytest.mark.slow
-def test_class_removal_curves_quick(tmp_path):
+def test_removal_curves_quick_over_seeds(tmp_path, monkeypatch):
     module = load("removal_curves")
-    summary = module.main(["--quick", "--classes", "1,7", "--out", str(tmp_path)])
-    found = summary["class_curves"]
-    assert list(found) == [1, 7]
-    model = summary["model"]
+    monkeypatch.setitem(seeds.QUICK, "train_seeds", "0,1")  # --quick sets the seeds; two networks here
+    out = module.main(["--quick", "--classes", "1,7", "--out", str(tmp_path)])
+    runs = out["runs"]
+    assert [(r["train_seed"], r["estimator_seed"]) for r in runs] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+    # Each run of the last network (training seed 1): its curves are the accuracy on that seed's validation images
+    # along the run's rankings; the random curve is the mean over the run's random orders.
+    model = out["model"]
     players = FilterPlayers(model)
-    x_test, y_test = load_digits_tensors("test", val_size=60)
+    x, y = load_digits_tensors("val", val_size=60, seed=1)
+    game = AccuracyGame(model, players, x, y)
+    steps = range(11)  # --quick removes up to 10 filters
+    for run in runs[2:]:
+        assert run["full_value"] == pytest.approx(game.full_value())
+        for name in ("tmab", "weight_l1", "integrated_gradients", "random"):
+            expected = removal_values(game, run["results"][name].ranking(), steps).tolist()
+            assert run["curves"][name] == pytest.approx(expected)
+        orders = random_orders(len(players), 2, run["estimator_seed"])
+        expected = torch.stack([removal_values(game, o, steps) for o in orders]).mean(0).tolist()
+        assert run["curves"]["random (mean of 2)"] == pytest.approx(expected)
+    # The deterministic baselines do not depend on the estimator seed; TMAB and the random ranking do.
+    assert torch.equal(runs[2]["results"]["taylor"].values, runs[3]["results"]["taylor"].values)
+    assert not torch.equal(runs[2]["results"]["tmab"].values, runs[3]["results"]["tmab"].values)
+    assert not torch.equal(runs[2]["results"]["random"].ranking(), runs[3]["results"]["random"].ranking())
+
+    # Seeded rankings spread over all 4 runs, deterministic ones over the 2 networks only.
+    tmab_aucs = [area(r["curves"]["tmab"]) for r in runs]
+    assert out["auc_spread"]["tmab"].n == 4
+    assert out["auc"]["tmab"] == pytest.approx(sum(tmab_aucs) / 4)
+    assert out["auc_spread"]["tmab"].sd == pytest.approx(sample_sd(tmab_aucs)) and out["auc_spread"]["tmab"].sd > 0
+    l1_aucs = [area(r["curves"]["weight_l1"]) for r in (runs[0], runs[2])]
+    assert out["auc_spread"]["weight_l1"].n == 2
+    assert out["auc"]["weight_l1"] == pytest.approx(sum(l1_aucs) / 2)
+    assert out["auc_spread"]["weight_l1"].sd == pytest.approx(sample_sd(l1_aucs))
+    assert out["curves"]["tmab"][5] == pytest.approx(sum(r["curves"]["tmab"][5] for r in runs) / 4)
+    assert out["full_value"] == pytest.approx((runs[0]["full_value"] + runs[2]["full_value"]) / 2)
+    assert all(curve[0] == pytest.approx(out["full_value"]) for curve in out["curves"].values())
+
+    # The AUC row: mean ± sd per ranking, bold exactly where it differs from tmab by more than the spreads.
+    text = (tmp_path / "removal_curves.md").read_text()
+    auc_row = next(line for line in text.splitlines() if line.startswith("| AUC |"))
+    cells = [c.strip() for c in auc_row.strip("|").split("|")][1:]
+    names = list(out["curves"])
+    ref = out["auc_spread"]["tmab"]
+    for name, cell in zip(names, cells, strict=True):
+        s = out["auc_spread"][name]
+        assert cell.strip("*") == f"{s.mean:.3f} ± {s.sd:.3f}"
+        assert cell.startswith("**") == (name != "tmab" and abs(s.mean - ref.mean) > s.sd + ref.sd)
+    assert "2 training seeds (0, 1) × 2 estimator seeds = 4 runs" in text
+
+    # Class-specific runs of the last network, recomputed on its held-out test images.
+    found = out["class_curves"]
+    assert list(found) == [1, 7]
+    x_test, y_test = load_digits_tensors("test", val_size=60, seed=1)
     for digit, data in found.items():
-        steps = range(len(data["own"]["random"]))
-        assert len(steps) == 9  # --quick removes up to 8 filters
-        # The digit's curve is its held-out test accuracy along its own class ranking; "others" excludes it.
+        assert len(data["runs"]) == 4
+        class_steps = range(len(data["own"]["random"]))
+        assert len(class_steps) == 9  # --quick removes up to 8 filters
         own = ClassGame(model, players, x_test, y_test, digit)
         rest = y_test != digit
         others = AccuracyGame(model, players, x_test[rest], y_test[rest])
-        ranking = data["result"].ranking()
-        assert data["own"]["class tmab"] == pytest.approx(removal_values(own, ranking, steps).tolist())
-        assert data["others"]["class tmab"] == pytest.approx(removal_values(others, ranking, steps).tolist())
-        assert data["n_images"][1] + data["n_images"][2] == len(y_test)
-        assert data["result"].method == "tmab" and data["result"].n_evals > 0
-        # Every ranking starts from the full network.
-        for name in ("overall tmab", "random"):
-            assert data["own"][name][0] == pytest.approx(data["own"]["class tmab"][0])
-            assert data["others"][name][0] == pytest.approx(data["others"]["class tmab"][0])
+        for i in (2, 3):
+            run, overall = data["runs"][i], runs[i]
+            assert (run["train_seed"], run["estimator_seed"]) == (overall["train_seed"], overall["estimator_seed"])
+            assert run["result"].method == "tmab" and run["result"].n_evals > 0
+            ranking = run["result"].ranking()
+            assert run["own"]["class tmab"] == pytest.approx(removal_values(own, ranking, class_steps).tolist())
+            assert run["others"]["class tmab"] == pytest.approx(removal_values(others, ranking, class_steps).tolist())
+            top = overall["results"]["tmab"].ranking()
+            assert run["own"]["overall tmab"] == pytest.approx(removal_values(own, top, class_steps).tolist())
+            orders = random_orders(len(players), 2, run["estimator_seed"] + 1000 + digit)
+            expected = torch.stack([removal_values(others, o, class_steps) for o in orders]).mean(0).tolist()
+            assert run["others"]["random"] == pytest.approx(expected)
+            assert run["n_images"][1] + run["n_images"][2] == len(y_test)
+        # Means and sds over the 4 runs.
+        values = [r["own"]["class tmab"][2] for r in data["runs"]]
+        assert data["own"]["class tmab"][2] == pytest.approx(sum(values) / 4)
+        assert data["own_spread"]["class tmab"][2].sd == pytest.approx(sample_sd(values))
     assert (tmp_path / "removal_curves_classes.png").stat().st_size > 1000
-    text = (tmp_path / "removal_curves.md").read_text()
+    assert (tmp_path / "removal_curves.png").stat().st_size > 1000
     assert "### overall" in text and "### class_specific" in text and "digit-7 tmab" in text
 
-    history, logged_summary = logged(summary["wandb_dir"])
-    table = logged_table(summary["wandb_dir"], history, "class_specific")
+    history, logged_summary = logged(out["wandb_dir"])
+    table = logged_table(out["wandb_dir"], history, "class_specific")
     assert table["columns"][:2] == ["digit", "ranking"]
     assert [row[:2] for row in table["data"]] == [
         [d, r] for d in (1, 7) for r in (f"digit-{d} tmab", "overall tmab", "random")
     ]
-    own_at_5 = table["columns"].index("digit @5")
-    assert table["data"][0][own_at_5] == pytest.approx(found[1]["own"]["class tmab"][5])
+    own_at_2 = table["columns"].index("digit @2")
+    cell, rand = found[1]["own_spread"]["class tmab"][2], found[1]["own_spread"]["random"][2]
+    assert table["data"][0][own_at_2].strip("*") == f"{cell.mean:.3f} ± {cell.sd:.3f}"
+    assert table["data"][0][own_at_2].startswith("**") == (abs(cell.mean - rand.mean) > cell.sd + rand.sd)
     assert history["class_specific_curves._type"] == "image-file"
     assert history["overall_curves._type"] == "image-file"
-    assert logged_table(summary["wandb_dir"], history, "overall")["columns"][:2] == ["removed", "tmab"]
+    assert logged_table(out["wandb_dir"], history, "overall")["columns"][:2] == ["removed", "tmab"]
+    assert logged_summary["auc/tmab"] == pytest.approx(out["auc"]["tmab"])
+    assert logged_summary["auc_sd/tmab"] == pytest.approx(out["auc_spread"]["tmab"].sd)
     assert logged_summary["digit_7/class_tmab/own_at_5"] == pytest.approx(found[7]["own"]["class tmab"][5])
+    assert logged_summary["digit_7/class_tmab/own_at_5_sd"] == pytest.approx(
+        found[7]["own_spread"]["class tmab"][5].sd)
     assert logged_summary["digit_1/random/others_at_2"] == pytest.approx(found[1]["others"]["random"][2])
 
 
