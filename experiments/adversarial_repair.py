@@ -28,6 +28,7 @@ clean accuracy, and against k, with ±1 sd bands) to ``--out`` and logs both to 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,9 @@ NAME = "adversarial_repair"
 KS = (0, 1, 2, 3, 5, 10, 20)
 METRICS = ("transfer", "adaptive", "clean")
 RANKINGS = ("tmab", "leave_one_out", "random")
-DATA = {  # --data: training variant, default L-inf radius, quick SmallCNN channels
-    "shapes": ("shapes_cnn", 8 / 255, (4, 6, 8, 10)),
-    "digits": ("digits_cnn", 32 / 255, (4, 6, 8)),
+DATA = {  # --data: training variant, default L-inf radius, default epochs, quick SmallCNN channels
+    "shapes": ("shapes_cnn", 8 / 255, 6, (4, 6, 8, 10)),
+    "digits": ("digits_cnn", 32 / 255, 15, (4, 6, 8)),
 }
 STYLE = {"tmab": "tab:red", "leave_one_out": "tab:blue", "random": "gray"}
 
@@ -67,9 +68,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-size", type=int, default=2000, help="generated training images (shapes only)")
     quick = {"epochs": 1, "max_evals": 60, "n_random": 1, "top_k": 3, "steps": 3, "eval_size": 32, "test_size": 32,
              "train_size": 200}
-    args = common.parse_removal_args(p, argv, quick=quick,
-                                     positive=("steps", "eval_size", "test_size", "train_size"))
-    experiment, eps, quick_channels = DATA[args.data]
+    args = common.parse_removal_args(p, argv, quick=quick, positive=("steps", "eval_size", "test_size", "train_size"),
+                                     check_filters=False)  # checked below, against the --data network
+    experiment, eps, epochs, quick_channels = DATA[args.data]
+    given = sys.argv[1:] if argv is None else argv
+    if not args.quick and not any(a.split("=")[0] == "--epochs" for a in given):
+        args.epochs = epochs  # the network's own default
     args.experiment = experiment
     args.channels = quick_channels if args.quick else None  # None: the variant's own network
     n_filters = sum(args.channels or compose_config([f"experiment={experiment}"]).model.net.channels)

@@ -147,15 +147,28 @@ def test_filter_dropout_quick_multirun(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("WANDB_MODE", "offline")
     module = load_script("filter_dropout")
     out = module.main(["--quick", "--out", str(tmp_path)])
-    assert [r["repair"] for r in out["runs"]] == ["none", "filter_dropout"]
-    for stats in out["stats"].values():
-        assert all(0 <= stats[m] <= 1 for m in ("full", "top", "bottom_half", "random"))
-    # the two training runs and the report share one W&B group
-    records = [inspect_wandb(run["wandb"][0]) for run in out["runs"]] + [inspect_wandb(out["wandb_dir"])]
-    groups = {next(r["run"]["run_group"] for r in recs if r.get("type") == "run") for recs in records}
+    # one multirun: the baseline p = 0 and the quick rate, one training seed; two estimator seeds per run
+    assert sorted((r["p"], r["seed"]) for r in out["runs"]) == [(0.0, 0), (0.2, 0)]
+    for p, rows in out["rows"].items():
+        assert [r["estimator_seed"] for r in rows] == [0, 1]
+        for r in rows:
+            assert all(0 <= r[m] <= 1 for m in ("full", "top2", "top4", "top6", "random", "bottom_half"))
+            assert 1 <= r["half_mass"] <= r["n"] or r["half_mass"] == 0
+        # the cells are mean ± sd over the rows
+        for key in ("top6", "gini"):
+            values = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+            assert out["stats"][p][key].mean == pytest.approx(float(values.mean()))
+            assert out["stats"][p][key].sd == pytest.approx(float(values.std()), abs=1e-12)
+    # estimator seed 0 is the callback's own analysis: the script's game and estimator reproduce it exactly
+    run = next(r for r in out["runs"] if r["p"] == 0.2)
+    again = module.estimator_results(run, (1, 0))[0]
+    assert torch.equal(again.values, run["result"].values) and again.n_evals == run["result"].n_evals
+    # the training runs and the report share one W&B group
+    records = [inspect_wandb(r["wandb"][0]) for r in out["runs"]] + [inspect_wandb(out["wandb_dir"])]
+    groups = {next(rec["run"]["run_group"] for rec in recs if rec.get("type") == "run") for recs in records}
     assert groups == {out["group"]}
     text = (tmp_path / "filter_dropout.md").read_text()
-    assert "| baseline |" in text and "| filter dropout |" in text and "top-5 removed" in text
+    assert "| 0 (baseline) |" in text and "| 0.2 |" in text and "top 6 removed" in text and " ± " in text
     assert (tmp_path / "filter_dropout.png").stat().st_size > 5000
     # re-reading the finished sweep gives the same numbers without training again
     again = module.main(["--quick", "--out", str(tmp_path / "again"), "--sweep-dir", str(out["sweep_dir"]),
