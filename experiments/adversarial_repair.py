@@ -63,7 +63,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="net: attack success − clean accuracy (default); success: attack success alone")
     p.add_argument("--eps", type=float, default=None, help="L-inf radius (default 8/255 shapes, 32/255 digits)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps")
-    p.add_argument("--eval-size", type=int, default=128, help="validation images in the game (correctly classified)")
+    p.set_defaults(max_evals=1500)  # ~6 per filter of the shapes network: a 32×32 evaluation costs ~20× a digits one
+    p.add_argument("--eval-size", type=int, default=100, help="validation images in the game (correctly classified)")
     p.add_argument("--test-size", type=int, default=200, help="test images measured")
     p.add_argument("--train-size", type=int, default=2000, help="generated training images (shapes only)")
     quick = {"epochs": 1, "max_evals": 60, "n_random": 1, "top_k": 3, "steps": 3, "eval_size": 32, "test_size": 32,
