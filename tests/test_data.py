@@ -425,3 +425,18 @@ def test_model_config_overrides_reach_the_network() -> None:
     model = instantiate(cfg.model)
     assert len(FilterPlayers(model)) == 18
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "nsl" / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_config_builds_a_model_that_fits_its_data(experiment: str) -> None:
+    from nsl.train import compose_config
+
+    cfg = compose_config([f"experiment={experiment}", "seed=3"])
+    assert cfg.data.seed == 3  # the split follows the training seed
+    dm, model = instantiate(cfg.data), instantiate(cfg.model)
+    x, y = dm.tensors("val")[:2]
+    assert model.eval()(x[:4]).shape == (4, model.hparams.num_classes)
+    assert int(y.max()) < model.hparams.num_classes
