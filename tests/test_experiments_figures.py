@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import statistics
 from pathlib import Path
 from types import ModuleType
 
@@ -180,33 +181,72 @@ def test_removal_curves_reject_bad_classes(tmp_path):
 def test_truncation_quick(tmp_path):
     module = load("truncation")
     out = module.main(["--quick", "--out", str(tmp_path)])
-    traj = out["trajectories"]
-    assert traj.shape == (8, 25)  # 8 orders, 24 filters of the quick model
-    assert torch.allclose(traj[:, 0], torch.tensor(out["v_full"], dtype=torch.float64))
-    assert torch.allclose(traj[:, -1], torch.tensor(out["v_empty"], dtype=torch.float64))
-    # Untruncated Monte Carlo scanned exactly these orders, and its values add up to v(N) − v(∅).
-    assert out["mismatch"] < 1e-9
-    assert float(out["untruncated"].values.sum()) == pytest.approx(out["v_full"] - out["v_empty"])
-    rows = {row[0]: dict(zip(out["columns"], row, strict=True)) for row in out["rows"]}
-    assert list(rows) == ["0.1", "0.25", "0.5"]
-    # A wider band holds every point of a narrower one: collapse no later, evaluations no more.
-    assert bool((out["fractions"][0.5] <= out["fractions"][0.25]).all())
-    assert bool((out["fractions"][0.25] <= out["fractions"][0.1]).all())
-    assert rows["0.1"]["evaluations"] >= rows["0.25"]["evaluations"] >= rows["0.5"]["evaluations"]
-    assert 0 <= rows["0.1"]["skipped"] <= rows["0.25"]["skipped"] <= rows["0.5"]["skipped"] < 1
-    for row in rows.values():
-        assert row["max |Δφ|"] >= row["mean |Δφ|"] >= 0
+    runs, taus = out["runs"], out["levels"]
+    assert taus == [0.1, 0.25, 0.5]
+    # --quick: one network (training seed 0) × two estimator seeds, i.e. two sets of permutations
+    assert [(r["train_seed"], r["estimator_seed"]) for r in runs] == [(0, 0), (0, 1)]
+    for run in runs:
+        traj = run["trajectories"]
+        assert traj.shape == (8, 25)  # 8 orders, 24 filters of the quick model
+        assert torch.allclose(traj[:, 0], torch.tensor(run["v_full"], dtype=torch.float64))
+        assert torch.allclose(traj[:, -1], torch.tensor(run["v_empty"], dtype=torch.float64))
+        # Untruncated Monte Carlo scanned exactly these orders, and its values add up to v(N) − v(∅).
+        assert run["mismatch"] < 1e-9
+        assert float(run["untruncated"].values.sum()) == pytest.approx(run["v_full"] - run["v_empty"])
+        rows = run["rows"]
+        # A wider band holds every point of a narrower one: collapse no later, evaluations no more.
+        assert bool((run["fractions"][0.5] <= run["fractions"][0.25]).all())
+        assert bool((run["fractions"][0.25] <= run["fractions"][0.1]).all())
+        assert rows[0.1]["evaluations"] >= rows[0.25]["evaluations"] >= rows[0.5]["evaluations"]
+        assert 0 <= rows[0.1]["skipped"] <= rows[0.25]["skipped"] <= rows[0.5]["skipped"] < 1
+        for row in rows.values():
+            assert row["max |Δφ|"] >= row["mean |Δφ|"] >= 0
+            assert 0 <= row["top overlap"] <= 5
+        assert run["fresh"] == 0  # every truncated coalition was one the untruncated scans evaluated
+    # The two runs scanned different permutations of the same network.
+    assert not torch.equal(runs[0]["trajectories"], runs[1]["trajectories"])
+
+    # Independent recomputation of one run: the trajectory of its first order from a fresh game on the same
+    # network and images, and truncated Monte Carlo on the real game (not the replayed record).
+    run = runs[1]
+    x, y = load_digits_tensors("val", val_size=60, seed=0)
+    game = AccuracyGame(run["model"], FilterPlayers(run["model"]), x, y)
+    order = random_orders(24, 8, seed=1)[0]
+    values = [float(game(module.coalition(order, t).unsqueeze(0))[0]) for t in range(25)]
+    assert run["trajectories"][0].tolist() == pytest.approx(values)
+    real = monte_carlo(game, 8, truncation=0.25, patience=5, seed=1, top_k=5)
+    assert torch.allclose(real.values, run["truncated"][0.25].values)
+    assert real.n_evals == run["rows"][0.25]["evaluations"]
+    assert float((real.values - run["untruncated"].values).abs().max()) == pytest.approx(run["rows"][0.25]["max |Δφ|"])
+
+    # Every cell is mean ± sd over the runs.
+    for tau in taus:
+        for key, s in out["stats"][tau].items():
+            values = [r["rows"][tau][key] for r in runs]
+            assert s.n == 2
+            assert s.mean == pytest.approx(statistics.fmean(values))
+            assert s.sd == pytest.approx(statistics.stdev(values))
+            assert (s.sd > 0) == (max(values) > min(values))
+    assert any(out["stats"][tau]["skipped"].sd > 0 for tau in taus)  # the permutations differ, so the runs do
+    table = dict(zip(out["columns"], out["rows"][1], strict=True))
+    assert table["τ"] == "0.25"
+    assert table["skipped"].strip("*") == format(out["stats"][0.25]["skipped"], ".3f")
+
     assert (tmp_path / "truncation.png").stat().st_size > 1000
-    assert "### truncation_levels" in (tmp_path / "truncation.md").read_text()
-    assert "| 0.25 |" in (tmp_path / "truncation.md").read_text()
+    text = (tmp_path / "truncation.md").read_text()
+    assert "### truncation_levels" in text and "### level_differences" in text
+    assert "| 0.25 |" in text and " ± " in text and "2 runs" in text
+    assert "τ = 0.1 → 0.25" in text
 
     history, summary = logged(out["wandb_dir"])
     table = logged_table(out["wandb_dir"], history, "truncation_levels")
     assert table["columns"] == out["columns"]
     assert [row[0] for row in table["data"]] == ["0.1", "0.25", "0.5"]
-    assert table["data"][2][out["columns"].index("max |Δφ|")] == pytest.approx(rows["0.5"]["max |Δφ|"])
+    assert table["data"][2] == out["rows"][2]
     assert history["trajectories._type"] == "image-file"
-    assert summary["tau_0.5/skipped"] == pytest.approx(rows["0.5"]["skipped"])
+    assert summary["tau_0.5/skipped"] == pytest.approx(out["stats"][0.5]["skipped"].mean)
+    assert summary["tau_0.5/skipped_sd"] == pytest.approx(out["stats"][0.5]["skipped"].sd)
+    assert summary["tau_0.25/top_overlap"] == pytest.approx(out["stats"][0.25]["top overlap"].mean / 5)
 
 
 def test_truncation_rejects_bad_levels(tmp_path):

@@ -7,6 +7,7 @@ writes, what reached W&B, and the invariants its numbers must satisfy whatever t
 from __future__ import annotations
 
 import importlib
+import statistics
 from pathlib import Path
 from types import ModuleType
 
@@ -17,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from conftest import inspect_wandb
+from nsl import prune_filters
 
 
 def load_script(name: str) -> ModuleType:
@@ -39,27 +41,72 @@ def test_fairness_repair_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("WANDB_MODE", "offline")
     module = load_script("fairness_repair")
     out = module.main(["--quick", "--out", str(tmp_path)])
-    ks, curves = out["ks"], out["curves"]
-    assert set(curves) == {"tmab", "leave_one_out", "random"}
-    for method, rows in curves.items():
-        assert len(rows) == len(ks)
-        for r in rows:
-            if method == "random":  # a mean of minima is at most the minimum of the means
-                assert r["worst"] <= min(r["group0"], r["group1"]) + 1e-6
-            else:
-                assert r["worst"] == pytest.approx(min(r["group0"], r["group1"]))
-            # overall accuracy lies between the groups' accuracies (it is their weighted mean)
-            assert min(r["group0"], r["group1"]) - 1e-6 <= r["overall"] <= max(r["group0"], r["group1"]) + 1e-6
-        assert rows[0] == curves["tmab"][0]  # k = 0 removes nothing, whatever the ranking
-    # the culprits are the most negative values, in order
-    culprits = out["result"].culprits(ks[-1], negative=True)
-    assert torch.all(out["result"].values[culprits].diff() >= 0)
+    ks, runs, networks = out["ks"], out["runs"], out["networks"]
+    # --quick: one network (training seed 0) × two estimator seeds
+    assert [(r["train_seed"], r["estimator_seed"]) for r in runs] == [(0, 0), (0, 1)]
+    assert [n["train_seed"] for n in networks] == [0]
+    for run in runs:
+        curves = run["curves"]
+        assert set(curves) == {"tmab", "leave_one_out", "random"}
+        for method, rows in curves.items():
+            assert len(rows) == len(ks)
+            for r in rows:
+                if method == "random":  # a mean of minima is at most the minimum of the means
+                    assert r["worst"] <= min(r["group0"], r["group1"]) + 1e-6
+                else:
+                    assert r["worst"] == pytest.approx(min(r["group0"], r["group1"]))
+                # overall accuracy lies between the groups' accuracies (it is their weighted mean)
+                assert min(r["group0"], r["group1"]) - 1e-6 <= r["overall"] <= max(r["group0"], r["group1"]) + 1e-6
+            assert rows[0] == curves["tmab"][0]  # k = 0 removes nothing, whatever the ranking
+        # the culprits are the most negative values, in order
+        assert torch.equal(run["culprits"], run["result"].culprits(ks[-1], negative=True))
+        assert torch.all(run["result"].values[run["culprits"]].diff() >= 0)
+        assert curves["leave_one_out"] is networks[0]["loo_curve"]  # deterministic: once per network
+
+    # Independent recomputation of one run's TMAB curve: zero its first k culprits, classify the test images.
+    network, run = networks[0], runs[1]
+    model, players = network["model"], network["players"]
+    x, y, groups = network["data"].tensors("test")
+    for k, row in zip(ks, run["curves"]["tmab"], strict=True):
+        pruned = prune_filters(model, players, run["culprits"][:k]) if k else None
+        with torch.no_grad():
+            correct = (model(x).argmax(1) == y).double()
+        if pruned is not None:
+            pruned.undo()
+        assert row["group0"] == pytest.approx(float(correct[groups == 0].mean()))
+        assert row["group1"] == pytest.approx(float(correct[groups == 1].mean()))
+        assert row["overall"] == pytest.approx(float(correct.mean()))
+
+    # The spread is over runs: TMAB and random one value per run, leave-one-out one per network.
+    for method, n_runs in (("tmab", 2), ("random", 2), ("leave_one_out", 1)):
+        per_run = out["per_run"][method]
+        assert len(per_run) == n_runs
+        for i in range(len(ks)):
+            for key in ("group0", "group1", "worst", "overall"):
+                values = [curve[i][key] for curve in per_run]
+                s = out["spreads"][method][i][key]
+                assert s.n == n_runs
+                assert s.mean == pytest.approx(statistics.fmean(values))
+                assert out["curves"][method][i][key] == pytest.approx(s.mean)
+                assert s.sd == pytest.approx(statistics.stdev(values) if n_runs > 1 else 0.0)
+                assert s.sd >= 0
+                assert (s.sd > 0) == (max(values) > min(values))
+    # The random control draws different filters in the two runs, so its curve spreads once filters go.
+    assert any(row["overall"].sd > 0 for row in out["spreads"]["random"][1:])
+    gains = [c[ks.index(out["best_k"])]["worst"] - c[0]["worst"] for c in out["per_run"]["tmab"]]
+    assert out["gain"].mean == pytest.approx(statistics.fmean(gains))
+    assert out["gain"].sd == pytest.approx(statistics.stdev(gains))
+
     text = (tmp_path / "fairness_repair.md").read_text()
     assert "| k | group 0 acc | group 1 acc | worst-group acc | overall acc |" in text
     assert "worst: leave_one_out" in text and "random (mean of 2)" in text
+    assert " ± " in text and "2 runs" in text
+    converged = sum(bool(r["result"].converged) for r in runs)
+    assert f"converged (certified) in {converged} of 2 runs" in text
     assert (tmp_path / "fairness_repair.png").stat().st_size > 5000
     keys = logged_keys(out["wandb_dir"])
-    assert {"per_group_accuracy_vs_k", "worst_group_before", "tmab_evals"} <= keys
+    assert {"per_group_accuracy_vs_k", "worst_group_before", "tmab_evals", "worst_group_gain", "worst_group_gain_sd",
+            "overall_cost", "overall_cost_sd", "tmab_converged"} <= keys
 
 
 def test_adversarial_repair_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
