@@ -46,8 +46,8 @@ COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
 # The measures of one truncation level in one run, in table order, with their cell format.
 MEASURES = {
     "tolerance": ".4f", "collapse p10": ".3f", "collapse median": ".3f", "collapse p90": ".3f",
-    "stop median": ".3f", "evaluations": ".0f", "skipped": ".3f", "max |Δφ|": ".4f", "mean |Δφ|": ".4f",
-    "mean |Δφ| / stderr": ".2f", "top overlap": ".1f", "Σφ": ".3f",
+    "stop median": ".3f", "evaluations": ".0f", "skipped": ".3f", "max abs Δφ": ".4f", "mean abs Δφ": ".4f",
+    "mean abs Δφ / stderr": ".2f", "top overlap": ".1f", "Σφ": ".3f",
 }
 
 
@@ -181,8 +181,8 @@ def one_run(args: argparse.Namespace, game: AccuracyGame, estimator_seed: int) -
         rows[tau] = {
             "tolerance": tolerance, "collapse p10": p10, "collapse median": p50, "collapse p90": p90,
             "stop median": float(stops.median()), "evaluations": float(cut.n_evals),
-            "skipped": 1 - (cut.n_evals - 2) / scan_evals, "max |Δφ|": float(diff.max()),
-            "mean |Δφ|": float(diff.mean()), "mean |Δφ| / stderr": float(diff.mean()) / mean_stderr,
+            "skipped": 1 - (cut.n_evals - 2) / scan_evals, "max abs Δφ": float(diff.max()),
+            "mean abs Δφ": float(diff.mean()), "mean abs Δφ / stderr": float(diff.mean()) / mean_stderr,
             "top overlap": float(len(top_ref & set(cut.top_k.tolist()))), "Σφ": float(cut.values.sum()),
         }
         truncated[tau] = cut
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def cell(tau: float, key: str) -> str:
         s, spec = stats[tau][key], MEASURES[key]
-        if key == "mean |Δφ| / stderr":
+        if key == "mean abs Δφ / stderr":
             return seeds.mark(s, one, spec)
         if key == "top overlap":
             return f"{seeds.mark(s, everything, spec)} /{args.top_k}"
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     columns = ["τ", *(f"top-{args.top_k} overlap" if key == "top overlap" else key for key in MEASURES)]
     rows = [[f"{tau:g}", *(cell(tau, key) for key in MEASURES)] for tau in taus]
-    compared = ("skipped", "top overlap", "mean |Δφ| / stderr", "Σφ")
+    compared = ("skipped", "top overlap", "mean abs Δφ / stderr", "Σφ")
     diff_columns = ["levels", *(f"Δ {f'top-{args.top_k} overlap' if k == 'top overlap' else k}" for k in compared)]
     diff_rows = [
         [f"τ = {a:g} → {b:g}", *(
@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     summary: dict[str, float] = {"v_full": v_full.mean, "v_empty": v_empty.mean, "untruncated_evals": exact_evals.mean,
                                  "runs": float(len(runs)), "replay_fresh_evals": float(fresh)}
-    names = {"collapse median": "collapse_median", "skipped": "skipped", "max |Δφ|": "max_abs_diff",
-             "mean |Δφ|": "mean_abs_diff", "mean |Δφ| / stderr": "mean_abs_diff_over_stderr"}
+    names = {"collapse median": "collapse_median", "skipped": "skipped", "max abs Δφ": "max_abs_diff",
+             "mean abs Δφ": "mean_abs_diff", "mean abs Δφ / stderr": "mean_abs_diff_over_stderr"}
     for tau in taus:
         for key, name in names.items():
             summary[f"tau_{tau:g}/{name}"] = stats[tau][key].mean
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"stderr of the untruncated values {stderr:.4f}); overlap with the untruncated top-{args.top_k}. The "
         f"truncated runs are answered from the untruncated run's record ({fresh} coalitions had to be evaluated "
         f"afresh).\n\n"
-        f"**Bold**: differs by more than its spread from: 1 (mean |Δφ| / stderr), {args.top_k} (overlap: the "
+        f"**Bold**: differs by more than its spread from: 1 (mean abs Δφ / stderr), {args.top_k} (overlap: the "
         f"untruncated top set itself), the untruncated Σφ (Σφ). Second table: change between consecutive levels, "
         f"'clear' when |Δmean| > sd + sd.\n"
     )
