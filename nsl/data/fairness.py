@@ -56,20 +56,39 @@ def load_fair_digits_tensors(
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not one of {SPLITS}.")
+    options = (minority_labels, minority_share, rare_share, eval_share)
+    check_group_options(*options, kind="digits")
+    images, labels = load_digits_tensors(split, val_size, test_size, seed)
+    # A separate stream per split, so changing one split's options leaves the others' groups alone.
+    generator = torch.Generator().manual_seed(seed * len(SPLITS) + SPLITS.index(split) + 1)
+    return invert_groups(images, labels, split == "train", *options, generator=generator)
+
+
+def check_group_options(
+    minority_labels: Sequence[int], minority_share: float, rare_share: float, eval_share: float, *, kind: str
+) -> None:
+    """ValueError naming the bad option unless the labels are classes (``kind``: what they label) and the shares
+    lie in [0, 1]."""
     labels_set = sorted({int(c) for c in minority_labels})
     if not labels_set or labels_set[0] < 0 or labels_set[-1] >= NUM_CLASSES:
-        raise ValueError(f"minority_labels={list(minority_labels)!r} must be digits in 0..{NUM_CLASSES - 1}.")
+        raise ValueError(f"minority_labels={list(minority_labels)!r} must be {kind} in 0..{NUM_CLASSES - 1}.")
     check_share("minority_share", minority_share)
     check_share("rare_share", rare_share)
     check_share("eval_share", eval_share)
-    images, labels = load_digits_tensors(split, val_size, test_size, seed)
-    if split == "train":
+
+
+def invert_groups(
+    images: Tensor, labels: Tensor, train: bool, minority_labels: Sequence[int], minority_share: float,
+    rare_share: float, eval_share: float, *, generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The fairness recipe fair digits and fair shapes share: ``(images, labels, groups)`` with group-1 images
+    inverted (``1 − x``); in training group 1 is common among ``minority_labels`` only, elsewhere independent of
+    the label."""
+    if train:
         shares = torch.full((NUM_CLASSES,), float(rare_share))
-        shares[labels_set] = float(minority_share)
+        shares[sorted({int(c) for c in minority_labels})] = float(minority_share)
     else:
         shares = torch.full((NUM_CLASSES,), float(eval_share))
-    # A separate stream per split, so changing one split's options leaves the others' groups alone.
-    generator = torch.Generator().manual_seed(seed * len(SPLITS) + SPLITS.index(split) + 1)
     groups = assign_groups(labels, shares, generator)
     images = torch.where(groups.view(-1, 1, 1, 1).bool(), 1.0 - images, images)
     return images, labels, groups

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from nsl.data.base import SplitDataModule
-from nsl.data.fairness import assign_groups, check_share
+from nsl.data.fairness import check_group_options, invert_groups
 
 SHAPES = ("disk", "square", "triangle", "plus", "ring", "frame", "hbar", "vbar", "diamond", "x")
 SPLITS = ("train", "val", "test")
@@ -113,21 +113,11 @@ def load_fair_shapes_tensors(
     ``minority_labels``, ``minority_share``, ``rare_share`` and ``eval_share`` mean what they mean for
     :func:`~nsl.data.fairness.load_fair_digits_tensors`.
     """
-    labels_set = sorted({int(c) for c in minority_labels})
-    if not labels_set or labels_set[0] < 0 or labels_set[-1] >= NUM_CLASSES:
-        raise ValueError(f"minority_labels={list(minority_labels)!r} must be shape labels in 0..{NUM_CLASSES - 1}.")
-    for name, value in (("minority_share", minority_share), ("rare_share", rare_share), ("eval_share", eval_share)):
-        check_share(name, value)
+    options = (minority_labels, minority_share, rare_share, eval_share)
+    check_group_options(*options, kind="shape labels")
     images, labels = load_shapes_tensors(split, train_size, val_size, test_size, seed)
-    if split == "train":
-        shares = torch.full((NUM_CLASSES,), float(rare_share))
-        shares[labels_set] = float(minority_share)
-    else:
-        shares = torch.full((NUM_CLASSES,), float(eval_share))
     generator = torch.Generator().manual_seed(seed * len(SPLITS) + SPLITS.index(split) + 1001)
-    groups = assign_groups(labels, shares, generator)
-    images = torch.where(groups.view(-1, 1, 1, 1).bool(), 1.0 - images, images)
-    return images, labels, groups
+    return invert_groups(images, labels, split == "train", *options, generator=generator)
 
 
 class ShapesDataModule(SplitDataModule):
