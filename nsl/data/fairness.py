@@ -10,7 +10,7 @@ half and half), so the unfairness shows as a lower accuracy of group 1 there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -94,7 +94,23 @@ def invert_groups(
     return images, labels, groups
 
 
-class FairDigitsDataModule(DigitsDataModule):
+class GroupsMixin:
+    """``val_groups``/``test_groups`` of a data module whose ``tensors(split)`` returns (images, labels, groups)."""
+
+    tensors: Callable[[str], tuple[Tensor, ...]]
+
+    @property
+    def val_groups(self) -> Tensor:
+        """Group of each validation image (0 or 1)."""
+        return self.tensors("val")[2]
+
+    @property
+    def test_groups(self) -> Tensor:
+        """Group of each test image (0 or 1)."""
+        return self.tensors("test")[2]
+
+
+class FairDigitsDataModule(GroupsMixin, DigitsDataModule):
     """Loaders of (image, label) batches over fair digits, plus the groups of the val/test images.
 
     The loaders yield ``(x, y)`` so that any classifier (e.g. :class:`~nsl.models.Classifier`) trains on
@@ -158,16 +174,6 @@ class FairDigitsDataModule(DigitsDataModule):
                 self.eval_share,
             )
         return self._cache[split]
-
-    @property
-    def val_groups(self) -> Tensor:
-        """Group of each validation image (0 or 1)."""
-        return self.tensors("val")[2]
-
-    @property
-    def test_groups(self) -> Tensor:
-        """Group of each test image (0 or 1)."""
-        return self.tensors("test")[2]
 
     def _dataset(self, split: str) -> TensorDataset:
         x, y, _ = self.tensors(split)

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from nsl.data.base import SplitDataModule
-from nsl.data.fairness import check_group_options, invert_groups
+from nsl.data.fairness import GroupsMixin, check_group_options, invert_groups
 
 SHAPES = ("disk", "square", "triangle", "plus", "ring", "frame", "hbar", "vbar", "diamond", "x")
 SPLITS = ("train", "val", "test")
@@ -161,7 +161,7 @@ class ShapesDataModule(SplitDataModule):
         return TensorDataset(x, y)
 
 
-class FairShapesDataModule(ShapesDataModule):
+class FairShapesDataModule(GroupsMixin, ShapesDataModule):
     """:class:`ShapesDataModule` with a sensitive attribute (group-1 images inverted; see the module docstring).
 
     The loaders yield ``(x, y)``; ``val_groups``/``test_groups`` (or :meth:`tensors`) give the groups in the
@@ -186,13 +186,3 @@ class FairShapesDataModule(ShapesDataModule):
             split, self.train_size, self.val_size, self.test_size, self.seed, self.minority_labels,
             self.minority_share, self.rare_share, self.eval_share,
         )
-
-    @property
-    def val_groups(self) -> Tensor:
-        """Group of each validation image (0 or 1)."""
-        return self.tensors("val")[2]
-
-    @property
-    def test_groups(self) -> Tensor:
-        """Group of each test image (0 or 1)."""
-        return self.tensors("test")[2]
