@@ -204,7 +204,8 @@ def plot(
         seeds.band(right, ks, [[r["full"], *(r[f"top{k}"] for k in ks[1:])] for r in runs], color=color,
                    label=label, marker="o", ms=3)
         random = [seeds.spread(r[key] for r in runs).mean for key in ("full", "random")]
-        right.plot([0, ks[-1]], random, color=color, linestyle="--", linewidth=0.9)
+        right.plot([0, ks[-1]], random, color=color, linestyle="--", linewidth=0.9,
+                   label=f"{ks[-1]} random filters (dashed)" if p == 0 else None)
     left.set(xlabel="filter rank", ylabel="Shapley value (accuracy game)", title="values sorted (mean ± sd)",
              xscale="log")
     left.axhline(0, color="black", linewidth=0.5)
