@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     b = tm[0]
     header = (
         f"## Fairness repair on fair digits\n\n"
-        f"{seeds.seed_note(args)} Leave-one-out is deterministic: its cells are over the {len(networks)} "
-        f"network{'s' * (len(networks) != 1)} (one value per training seed); the random control (mean of "
+        f"{seeds.seed_note(args)} Leave-one-out is deterministic: its cells are over the "
+        f"{seeds.plural(len(networks), 'network')} (one value per training seed); the random control (mean of "
         f"{args.n_random} random removals) is drawn anew for every run.\n\n"
         f"SmallCNN ({n_filters} filters) trained {args.epochs} epochs on fair digits; fairness game = worst-group "
         f"accuracy on {networks[0]['n_val']} validation images; tmab(top_k={args.top_k}, tail='bottom', "

@@ -85,16 +85,6 @@ def auc(values: Sequence[float]) -> float:
     return float(sum((a + b) / 2 for a, b in itertools.pairwise(values)) / n)
 
 
-def plural(n: int, noun: str) -> str:
-    """``"1 run"``, ``"3 runs"``."""
-    return f"{n} {noun}{'s' * (n != 1)}"
-
-
-def curve_spread(curves: Sequence[Sequence[float]]) -> list[Spread]:
-    """Per point, the :class:`Spread` of equally long curves (one per run)."""
-    return [seeds.spread(c[i] for c in curves) for i in range(len(curves[0]))]
-
-
 def samples(runs: Sequence[dict[str, Any]], name: str, part: str = "curves") -> list[list[float]]:
     """The runs' curves of ranking ``name``: every run for the seeded rankings, one per trained network (its first
     estimator run) for the deterministic ones, which do not depend on the estimator seed."""
@@ -233,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     names = list(runs[0]["curves"])
     per_ranking = {name: samples(runs, name) for name in names}
-    stats = {name: curve_spread(curves) for name, curves in per_ranking.items()}
+    stats = {name: seeds.curve_spread(curves) for name, curves in per_ranking.items()}
     areas = {name: seeds.spread(auc(c) for c in curves) for name, curves in per_ranking.items()}
     max_removed = len(per_ranking["tmab"][0]) - 1
     full = seeds.spread(run["full_value"] for run in runs if run["first"])
@@ -247,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = markdown(columns, rows)
     certified = sum(run["results"]["tmab"].converged for run in runs)
     fixed = [n for n in names if n not in SEEDED and not n.startswith("random")]
-    n_runs, n_networks = plural(len(runs), "run"), plural(len(args.train_seeds), "training seed")
+    n_runs, n_networks = seeds.plural(len(runs), "run"), seeds.plural(len(args.train_seeds), "training seed")
     header = (
         f"Accuracy on {runs[0]['n_images']} validation images (each network's own split; full network "
         f"{full:.3f}) after removing each ranking's top filters ({runs[0]['n_filters']} filters; TMAB: at most "
@@ -279,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         class_runs_all = [r for data in found.values() for r in data["runs"]]
         sizes = seeds.spread(r["n_images"][0] for r in class_runs_all)
         class_certified = sum(r["result"].converged for r in class_runs_all)
-        n_digit_runs = plural(len(class_runs_all), "digit run")
+        n_digit_runs = seeds.plural(len(class_runs_all), "digit run")
         header += (
             f"\nClass-specific (paper Fig. 2a): per run, TMAB on each digit's class game (its {sizes.mean:.0f} ± "
             f"{sizes.sd:.0f} validation images; certified in {class_certified} of {n_digit_runs}), then accuracy on "
@@ -322,7 +312,8 @@ def gather_classes(runs: Sequence[dict[str, Any]], args: argparse.Namespace) -> 
                        **run["classes"][digit]} for run in runs]
         data: dict[str, Any] = {"runs": digit_runs}
         for part in ("own", "others"):
-            data[f"{part}_spread"] = {name: curve_spread([r[part][name] for r in digit_runs]) for name in CLASS_STYLE}
+            data[f"{part}_spread"] = {name: seeds.curve_spread([r[part][name] for r in digit_runs])
+                                      for name in CLASS_STYLE}
             data[part] = {name: [s.mean for s in curve] for name, curve in data[f"{part}_spread"].items()}
             data[f"{part}_auc"] = {name: seeds.spread(auc(r[part][name]) for r in digit_runs) for name in CLASS_STYLE}
         found[digit] = data

@@ -7,7 +7,8 @@ mean ± sample standard deviation over all those runs (:class:`Spread`), draws t
 (:func:`band`), and marks the differences that are larger than the spread (:func:`clear`).
 
 - :func:`add_seed_flags`, :func:`parse_seeds`: the two flags (``--quick``: one training seed, two estimator seeds).
-- :class:`Spread`, :func:`spread`, :func:`spread_rows`: mean ± sd, cell formatting, per-row aggregation.
+- :class:`Spread`, :func:`spread`, :func:`curve_spread`, :func:`spread_rows`: mean ± sd, cell formatting, per-point
+  and per-row aggregation; :func:`plural` for report lines.
 - :func:`clear`: two measures differ by more than their spreads (``|Δmean| > sd_a + sd_b``).
 - :func:`band`: a mean line with a ±1 sd band.
 """
@@ -49,11 +50,16 @@ def finish_seed_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def plural(n: int, noun: str) -> str:
+    """``"1 run"``, ``"3 runs"``."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def seed_note(args: argparse.Namespace) -> str:
     """One line for a report: how many runs each ± is over."""
     t, e = len(args.train_seeds), len(args.estimator_seeds)
-    return (f"Each cell: mean ± sample standard deviation over {t} training seed{'s' * (t != 1)} "
-            f"({', '.join(map(str, args.train_seeds))}) × {e} estimator seed{'s' * (e != 1)} = {t * e} runs.")
+    return (f"Each cell: mean ± sample standard deviation over {plural(t, 'training seed')} "
+            f"({', '.join(map(str, args.train_seeds))}) × {plural(e, 'estimator seed')} = {t * e} runs.")
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,11 @@ def spread(values: Iterable[float]) -> Spread:
     return Spread(mean, sd, len(xs))
 
 
+def curve_spread(curves: Sequence[Sequence[float]]) -> list[Spread]:
+    """Per point, the :class:`Spread` of equally long curves (one per run)."""
+    return [spread(c[i] for c in curves) for i in range(len(curves[0]))]
+
+
 def spread_rows(runs: Sequence[Sequence[Mapping[str, float]]]) -> list[dict[str, Spread]]:
     """Per row and key, the :class:`Spread` over runs of equally shaped row lists (e.g. metrics per k)."""
     return [{key: spread(run[i][key] for run in runs) for key in runs[0][i]} for i in range(len(runs[0]))]
@@ -109,7 +120,7 @@ def mark(a: Spread, b: Spread, spec: str = ".3f") -> str:
 def band(ax: Any, x: Sequence[float], runs: Sequence[Sequence[float]], *, color: Any = None, label: str | None = None,
          alpha: float = 0.18, **line: Any) -> None:
     """Plot the mean of ``runs`` (equal-length curves over ``x``) with a ±1 sd band in the same colour."""
-    stats = [spread(run[i] for run in runs) for i in range(len(x))]
+    stats = curve_spread(runs)
     mean = [s.mean for s in stats]
     (drawn,) = ax.plot(x, mean, color=color, label=label, **line)
     ax.fill_between(x, [s.low for s in stats], [s.high for s in stats], color=drawn.get_color(), alpha=alpha,
