@@ -99,6 +99,7 @@ def network_runs(train_seed: int, args: argparse.Namespace) -> tuple[Classifier,
     model, _ = common.train_model("digits_cnn", epochs=args.epochs, seed=train_seed, channels=args.channels)
     players = FilterPlayers(model)
     x, y = load_digits_tensors("val", val_size=args.eval_size, seed=train_seed)
+    test = load_digits_tensors("test", val_size=args.eval_size, seed=train_seed) if args.class_list else None
     game = AccuracyGame(model, players, x, y)
     full = game.full_value()
     print(f"training seed {train_seed}: SmallCNN in {time.perf_counter() - start:.1f} s, {len(players)} filters, "
@@ -126,19 +127,19 @@ def network_runs(train_seed: int, args: argparse.Namespace) -> tuple[Classifier,
         print(f"  estimator seed {e}: tmab {result.n_evals} evaluations, {result.seconds:.1f} s, "
               f"converged={result.converged}, AUC {runs[-1]['auc']['tmab']:.3f}")
         if args.class_list:
-            runs[-1]["classes"] = class_runs(model, players, result, train_seed, e, args)
+            runs[-1]["classes"] = class_runs(model, players, result, (x, y), test, e, args)
     return model, runs
 
 
-def class_runs(model: Classifier, players: FilterPlayers, overall: ShapleyResult, train_seed: int, e: int,
-               args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+def class_runs(model: Classifier, players: FilterPlayers, overall: ShapleyResult, val: tuple[Tensor, Tensor],
+               test: tuple[Tensor, Tensor], e: int, args: argparse.Namespace) -> dict[int, dict[str, Any]]:
     """For each digit, one run: its own accuracy and the other digits' accuracy (test images) as filters are removed.
 
-    Rankings: TMAB with seed ``e`` on the digit's class game (validation images), the run's overall-accuracy TMAB
-    ranking, and the mean of ``n_random`` random orders (seeded by ``e`` and the digit; the same for both curves).
+    Rankings: TMAB with seed ``e`` on the digit's class game (the network's ``val`` images), the run's
+    overall-accuracy TMAB ranking, and the mean of ``n_random`` random orders (seeded by ``e`` and the digit; the
+    same for both curves).
     """
-    x_val, y_val = load_digits_tensors("val", val_size=args.eval_size, seed=train_seed)
-    x_test, y_test = load_digits_tensors("test", val_size=args.eval_size, seed=train_seed)
+    (x_val, y_val), (x_test, y_test) = val, test
     steps = list(range(min(args.class_removed, len(players)) + 1))
     found: dict[int, dict[str, Any]] = {}
     for digit in args.class_list:
