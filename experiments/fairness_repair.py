@@ -112,6 +112,17 @@ def agreement(runs: list[dict[str, Any]], ks: tuple[int, ...]) -> list[float]:
     return shares
 
 
+def best_repair(
+    ks: tuple[int, ...], spreads: list[dict[str, seeds.Spread]], curves: list[list[dict[str, float]]]
+) -> tuple[int, seeds.Spread, seeds.Spread]:
+    """The index of the best k by the mean worst-group curve (the smallest k on ties), and each curve's gain in
+    worst-group accuracy and change in overall accuracy there, against k = 0."""
+    best = max(range(len(ks)), key=lambda i: (spreads[i]["worst"].mean, -ks[i]))
+    gain = seeds.spread(c[best]["worst"] - c[0]["worst"] for c in curves)
+    cost = seeds.spread(c[best]["overall"] - c[0]["overall"] for c in curves)
+    return best, gain, cost
+
+
 def plot(ks: tuple[int, ...], per_run: dict[str, list[list[dict[str, float]]]], path: Path, title: str) -> None:
     """Per-group test accuracy vs k (left) and overall test accuracy vs k (right), one line style per method:
     the mean over runs with a ±1 sd band."""
@@ -177,13 +188,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
     }
 
-    # The best k by the mean worst-group curve; each run's gain and cost there.
-    best = max(range(len(args.ks)), key=lambda i: (tm[i]["worst"].mean, -args.ks[i]))
-    gain = seeds.spread(c[best]["worst"] - c[0]["worst"] for c in per_run["tmab"])
-    cost = seeds.spread(c[best]["overall"] - c[0]["overall"] for c in per_run["tmab"])
-    loo_best = max(range(len(args.ks)), key=lambda i: (loo[i]["worst"].mean, -args.ks[i]))
-    loo_gain = seeds.spread(c[loo_best]["worst"] - c[0]["worst"] for c in per_run["leave_one_out"])
-    loo_cost = seeds.spread(c[loo_best]["overall"] - c[0]["overall"] for c in per_run["leave_one_out"])
+    best, gain, cost = best_repair(args.ks, tm, per_run["tmab"])
+    loo_best, loo_gain, loo_cost = best_repair(args.ks, loo, per_run["leave_one_out"])
     converged = sum(bool(r["result"].converged) for r in runs)
     evals = seeds.spread(r["result"].n_evals for r in runs)
     n_filters = len(networks[0]["players"])
