@@ -69,16 +69,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-random", type=int, default=5, help="random removals averaged per run")
     p.add_argument("--sweep-dir", type=Path, default=None, help="read this finished multirun instead of running")
     p.add_argument("overrides", nargs="*", help="more nsl-train overrides, e.g. trainer.max_epochs=10")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.n_random = 2
-        args.removed = "2,4,6" if args.removed == REMOVED else args.removed
-        args.ps = "0.2" if args.ps == PS else args.ps
-        for key, value in seeds.QUICK.items():
-            if getattr(args, key) == p.get_default(key):
-                setattr(args, key, value)
-    seeds.finish_seed_args(args)
-    common.check_positive(args, "n_random")
+    quick = {"n_random": 2, "removed": lambda v: "2,4,6" if v == REMOVED else v,
+             "ps": lambda v: "0.2" if v == PS else v}
+    args = common.parse_args(p, argv, quick=quick, positive=("n_random",))
     args.removed = parse_counts(args.removed, "--removed")
     if args.removed[0] < 1:
         raise ValueError(f"--removed={args.removed} must count at least one filter.")
@@ -135,17 +128,20 @@ def load_run(job_dir: Path) -> dict[str, Any]:
             "callback analysed; run with callbacks.model_checkpoint.monitor=null (as experiment=filter_dropout does)."
         )
     model.load_state_dict(state["state_dict"])
+    model.eval()
     p = float(OmegaConf.select(cfg, "callbacks.filter_dropout.p", default=0.0))
-    return {"p": p, "seed": int(cfg.seed), "cfg": cfg, "model": model.eval(), "result": ShapleyResult.load(result_path),
-            "wandb": sorted(job_dir.glob("wandb/offline-run-*"))}
+    players = FilterPlayers(model)
+    data = instantiate(cfg.data)
+    return {"p": p, "seed": int(cfg.seed), "cfg": cfg, "model": model, "players": players, "data": data,
+            "test_game": AccuracyGame(model, players, *data.tensors("test")[:2]),
+            "result": ShapleyResult.load(result_path), "wandb": sorted(job_dir.glob("wandb/offline-run-*"))}
 
 
 def callback_game(run: dict[str, Any]) -> AccuracyGame:
     """The accuracy game the run's callback played: the first ``eval_size`` validation examples of its data."""
-    cfg = run["cfg"]
-    x, y = instantiate(cfg.data).tensors("val")[:2]
-    size = cfg.callbacks.neuron_shapley.eval_size
-    return AccuracyGame(run["model"], FilterPlayers(run["model"]), x[:size], y[:size])
+    x, y = run["data"].tensors("val")[:2]
+    size = run["cfg"].callbacks.neuron_shapley.eval_size
+    return AccuracyGame(run["model"], run["players"], x[:size], y[:size])
 
 
 def estimator_results(run: dict[str, Any], estimator_seeds: tuple[int, ...]) -> dict[int, ShapleyResult]:
@@ -163,13 +159,10 @@ def measure(
     run: dict[str, Any], result: ShapleyResult, removed: tuple[int, ...], n_random: int, seed: int
 ) -> dict[str, float]:
     """Test accuracy of the run's model after removals by ``result``'s ranking, and the spread of its values."""
-    x, y = instantiate(run["cfg"].data).tensors("test")[:2]
-    model = run["model"]
-    players = FilterPlayers(model)
-    if players.n_players != result.n_players:
-        raise ValueError(f"the result has {result.n_players} players, the checkpoint's model {players.n_players}.")
-    n = players.n_players
-    game = AccuracyGame(model, players, x, y)
+    game = run["test_game"]
+    n = game.n_players
+    if n != result.n_players:
+        raise ValueError(f"the result has {result.n_players} players, the checkpoint's model {n}.")
     ranking = result.ranking()
     if removed[-1] > n // 2:
         raise ValueError(f"--removed={removed} removes more than half of the model's {n} filters.")
