@@ -126,8 +126,9 @@ def one_network(args: argparse.Namespace, t: int) -> list[dict[str, Any]]:
     test_attack = {**attack, "seed": t + 1}
     transfer = AdversarialGame(model, players, x_test, y_test, **test_attack)
     clean = AccuracyGame(model, players, x_test, y_test)
+    v_full, v_empty = game.full_value(), game.empty_value()
     print(f"train seed {t}: {len(players)} filters trained in {time.perf_counter() - start:.0f} s; game on "
-          f"{len(y_val)} correct validation images, v(N) = {game.full_value():+.3f}, v(∅) = {game.empty_value():+.3f}; "
+          f"{len(y_val)} correct validation images, v(N) = {v_full:+.3f}, v(∅) = {v_empty:+.3f}; "
           f"test: clean {clean.full_value():.3f}, attack success {transfer.full_value():.3f}")
 
     def measure() -> dict[str, float]:
@@ -144,7 +145,7 @@ def one_network(args: argparse.Namespace, t: int) -> list[dict[str, Any]]:
         curves["leave_one_out"] = loo_rows
         runs.append({"train_seed": t, "estimator_seed": e, "curves": curves, "result": result,
                      "filters": [players.names[i] for i in result.culprits(k_max).tolist()],
-                     "v_full": game.full_value(), "v_empty": game.empty_value(), "n_images": len(y_val)})
+                     "v_full": v_full, "v_empty": v_empty, "n_images": len(y_val)})
         print(f"  estimator seed {e}: tmab {result.n_evals} evaluations, converged={result.converged}, "
               f"{result.seconds:.0f} s; k={k_max}: transfer {curves['tmab'][-1]['transfer']:.3f}, clean "
               f"{curves['tmab'][-1]['clean']:.3f} (random {curves['random'][-1]['transfer']:.3f}, "
