@@ -7,7 +7,7 @@ The games the callback plays by name are in the registry :data:`GAMES` ("accurac
 from nsl.games.accuracy import METRICS, AccuracyGame, ClassGame, coalition_metric
 from nsl.games.adversarial import AdversarialGame
 from nsl.games.attacks import linf_attack
-from nsl.games.base import EvalData, Game, ModelGame, check_game
+from nsl.games.base import EvalData, ExampleGame, Game, ModelGame, check_game, decomposes
 from nsl.games.counting import CountingGame
 from nsl.games.fairness import FAIRNESS_METRICS, FairnessGame
 from nsl.games.registry import GAMES
@@ -22,6 +22,7 @@ __all__ = [
     "ClassGame",
     "CountingGame",
     "EvalData",
+    "ExampleGame",
     "FairnessGame",
     "Game",
     "HarsanyiGame",
@@ -29,6 +30,7 @@ __all__ = [
     "additive_game",
     "check_game",
     "coalition_metric",
+    "decomposes",
     "linf_attack",
     "pairwise_game",
 ]

@@ -86,6 +86,16 @@ class AccuracyGame(ModelGame):
     def score(self, logits: Tensor) -> Tensor:
         return coalition_metric(logits, self.targets, self.metric, self.num_classes)
 
+    @property
+    def example_weights(self) -> Tensor | None:
+        """1/B per example for the plain accuracy (the other metrics: see their own decomposition)."""
+        if self.metric != "accuracy":
+            return None
+        return torch.full((len(self.targets),), 1.0 / len(self.targets), dtype=torch.float64)
+
+    def example_score(self, logits: Tensor, examples: Tensor) -> Tensor:
+        return (logits.argmax(dim=-1) == self.targets[examples]).double()
+
 
 @GAMES.register("class")
 class ClassGame(AccuracyGame):

@@ -27,6 +27,27 @@ class Game(Protocol):
         ...
 
 
+@runtime_checkable
+class ExampleGame(Game, Protocol):
+    """A game whose value decomposes over E examples: ``v(S) = example_offset + Σ_e w_e · u_e(S)``.
+
+    ``example_weights`` (E,) holds the signed weights w_e (float64, CPU); ``example_values(present, examples)``
+    scores row r's coalition ``present[r]`` on example ``examples[r]`` alone, giving u_e(S) for (R,) pairs. By
+    linearity φ_i(v) = Σ_e w_e φ_i(u_e), so an estimator may sample (coalition, example) pairs: one model row each.
+    """
+
+    example_weights: Tensor | None
+    example_offset: float
+
+    def example_values(self, present: Tensor, examples: Tensor) -> Tensor:  # (R, N) bool, (R,) long -> (R,)
+        ...
+
+
+def decomposes(game: object) -> bool:
+    """Whether ``game`` declares a decomposition over examples (see :class:`ExampleGame`)."""
+    return getattr(game, "example_weights", None) is not None and callable(getattr(game, "example_values", None))
+
+
 def check_game(game: object) -> int:
     """Validate that ``game`` follows the protocol and return its number of players."""
     n = getattr(game, "n_players", None)
@@ -111,6 +132,8 @@ class ModelGame:
     #: The game measures a defect (unfairness, adversarial weakness) whose culprits a repair removes by default,
     #: rather than plain performance.
     measures_defect: ClassVar[bool] = False
+    #: The constant of the decomposition over examples, v(S) = offset + Σ_e w_e u_e(S) (see :class:`ExampleGame`).
+    example_offset: float = 0.0
 
     @classmethod
     def default_name(cls, kind: str, options: dict[str, Any]) -> str:
@@ -192,6 +215,7 @@ class ModelGame:
         self.max_rows = max_rows
         self._chunk_size = chunk_size
         self.n_evals = 0
+        self.n_rows = 0  # rows through the model: K·B per full-set call, R per per-example call
         self.share_prefix = bool(share_prefix)
         self._verified: dict[tuple[str, int], bool] = {}  # ("expand"|"replace", layer) -> holds for this model
         self._activations: dict[int, Tensor] = {}  # layer -> its masked module's output with nothing removed
@@ -252,7 +276,54 @@ class ModelGame:
                     logits = self._tiled(chunk)
                 values.append(self.score(logits.reshape(k, b, -1)).double().cpu())
                 self.n_evals += k
+                self.n_rows += k * b
         return torch.cat(values)
+
+    # ----------------------------------------------------------------------------- per-example evaluation
+    @property
+    def rows_per_eval(self) -> int:
+        """Rows one full-set evaluation puts through the model (the evaluation set's size)."""
+        return len(self.inputs)
+
+    @property
+    def example_weights(self) -> Tensor | None:
+        """The signed weight of each example in the game's value (see :class:`ExampleGame`); ``None`` when the
+        game does not decompose over examples (then :attr:`why_not_decomposable` says why)."""
+        return None
+
+    @property
+    def why_not_decomposable(self) -> str:
+        """Why the value is not a weighted sum over examples ("" when it is)."""
+        return "" if self.example_weights is not None else f"{type(self).__name__} declares no per-example value"
+
+    def example_score(self, logits: Tensor, examples: Tensor) -> Tensor:
+        """u_e of each row from its logits: (R, C) logits of examples ``examples`` (R,) -> (R,) values."""
+        raise NotImplementedError(f"{type(self).__name__} does not decompose over examples")
+
+    def example_values(self, present: Tensor, examples: Tensor) -> Tensor:
+        """u_e(S) for R (coalition, example) pairs: row r plays coalition ``present[r]`` on example
+        ``examples[r]``; one forward pass of R rows, each with its own mask. (R,) float64 on the CPU."""
+        present = self.players.check_present(present)
+        if not isinstance(examples, Tensor) or examples.shape != (present.shape[0],):
+            raise ValueError(f"examples must be a tensor of shape ({present.shape[0]},), one index per row.")
+        examples = examples.long()
+        if len(examples) and (int(examples.min()) < 0 or int(examples.max()) >= len(self.inputs)):
+            raise ValueError(f"example indices must lie in [0, {len(self.inputs) - 1}].")
+        values = []
+        with self._evaluation():
+            self._check_weights()
+            for start in range(0, len(examples), self.max_rows):
+                rows = examples[start : start + self.max_rows]
+                mask = present[start : start + self.max_rows]
+                logits = self._rows_forward(mask, rows.to(self.device))
+                values.append(self.example_score(logits, rows.to(self.device)).double().cpu())
+                self.n_rows += len(rows)
+        return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+
+    def _rows_forward(self, present: Tensor, examples: Tensor) -> Tensor:
+        """Logits (R, C) of R rows, row r with coalition ``present[r]`` (per-row masks: K = R coalitions of 1 row)."""
+        with self.players.mask(present):
+            return self.model(self.inputs[examples])
 
     def _tiled(self, chunk: Tensor, capture: tuple[int, dict[int, Tensor]] | None = None) -> Tensor:
         """Logits of K coalitions from the evaluation batch tiled K times (always valid)."""
