@@ -15,6 +15,15 @@ from nsl.validation import check_int
 
 Share = Callable[[Any], Any]  # under DDP: an object -> rank 0's copy of it (a broadcast)
 MAX_INPUT_VALUES = 1 << 22  # bound on K·B·(values per input) per pass: ~7 coalitions of 2 Inception images
+# The block-boundary prefix cache holds one activation per evaluation example for the whole game's life; a
+# candidate module whose cached input would exceed this is skipped (a deeper or shallower one may still fit),
+# so the cache never costs more memory than about one large evaluation batch.
+MAX_PREFIX_BYTES = 1 << 30
+VERIFY_ROWS = 4  # rows of the fixed random mask each prefix candidate is checked on against plain evaluation
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the prefix output is taken: the rest of the forward pass is not needed."""
 
 
 @runtime_checkable
@@ -118,7 +127,10 @@ class ModelGame:
             coalitions differ run once for the chunk instead of once per coalition, and the activations below
             the first layer with a removed filter are cached and reused across calls (invalidated when the
             weights change). Checked once per layer against plain tiled evaluation and switched off for layers
-            where it does not hold (a skip connection around them); ``False`` always tiles.
+            where it does not hold (a skip connection around them); ``False`` always tiles. Per-row evaluation
+            (:meth:`example_values`) and full-set evaluation where the layer cache does not hold also cache at a
+            block boundary: the input of the first player layer's module or of its nearest ancestor for which
+            this is exact (see :attr:`prefix_module`); ``False`` turns that off too.
     """
 
     #: Culprits are the most negative values (True: the value is good, e.g. accuracy; removing a filter with a
@@ -217,8 +229,12 @@ class ModelGame:
         self.n_evals = 0
         self.n_rows = 0  # rows through the model: K·B per full-set call, R per per-example call
         self.share_prefix = bool(share_prefix)
-        self._verified: dict[tuple[str, int], bool] = {}  # ("expand"|"replace", layer) -> holds for this model
+        self._verified: dict[tuple[str, int | str], bool] = {}  # ("expand"|"replace", layer) / ("prefix", module)
         self._activations: dict[int, Tensor] = {}  # layer -> its masked module's output with nothing removed
+        self._prefix_name: str | None = None  # block-boundary module whose input is cached (see prefix_module)
+        self._prefix_chosen = False  # candidates were tried (once per game: the structure does not change)
+        self._prefix_cache: Tensor | None = None  # that module's input for every evaluation example
+        self._below_input: set[str] = set()  # candidates whose input is the model's input (nothing to cache)
         self._weights_version: tuple[int, ...] | None = None
         logits = self._forward(self.inputs)
         if logits.dim() != 2:
@@ -272,6 +288,8 @@ class ModelGame:
                 chunk = present[start : start + self.chunk_size]
                 k = chunk.shape[0]
                 logits = self._shared(chunk) if self.share_prefix else None
+                if logits is None and self.share_prefix:
+                    logits = self._block_shared(chunk)
                 if logits is None:
                     logits = self._tiled(chunk)
                 values.append(self.score(logits.reshape(k, b, -1)).double().cpu())
@@ -321,9 +339,169 @@ class ModelGame:
         return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 
     def _rows_forward(self, present: Tensor, examples: Tensor) -> Tensor:
-        """Logits (R, C) of R rows, row r with coalition ``present[r]`` (per-row masks: K = R coalitions of 1 row)."""
+        """Logits (R, C) of R rows, row r with coalition ``present[r]`` (per-row masks: K = R coalitions of 1 row).
+
+        Reads the input of :attr:`prefix_module` from its cache where one is verified, so the layers below it
+        cost nothing per row; otherwise runs the whole model on the rows' inputs.
+        """
+        source = self._prefix_source()
+        if source is None:
+            return self._plain_rows(present, examples)
+        return self._prefixed_forward(present, self._prefix_name, source[examples])
+
+    def _plain_rows(self, present: Tensor, examples: Tensor) -> Tensor:
+        """Per-row logits from the whole model (the reference every cached path is checked against)."""
         with self.players.mask(present):
             return self.model(self.inputs[examples])
+
+    # ------------------------------------------------------------------------ prefix cache at block boundaries
+    @property
+    def prefix_module(self) -> str | None:
+        """Name of the module whose input per-row evaluation reads from a cache of the whole evaluation set, or
+        ``None`` when no candidate is exact (or ``share_prefix=False``). Chosen at the first per-row evaluation
+        (reading it before chooses it then): the first player layer's module, then its ancestors, deepest first;
+        the first one whose cached evaluation equals plain evaluation on a fixed random mask is kept."""
+        if not self._prefix_chosen:
+            with self._evaluation():
+                self._check_weights()
+                self._prefix_source()
+        return self._prefix_name
+
+    def _prefix_candidates(self) -> list[str]:
+        """The first player layer's module and its ancestors up to, not including, the root; deepest first."""
+        if not self.players.layers:
+            return []
+        parts = self.players.layers[0].name.split(".")
+        return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+    def _prefix_source(self) -> Tensor | None:
+        """The cached input of :attr:`prefix_module` for every example (choosing it on first use), or None."""
+        if not self.share_prefix:
+            return None
+        if not self._prefix_chosen:
+            self._choose_prefix()
+        elif self._prefix_name is not None and self._prefix_cache is None:  # weights changed: take it again
+            self._prefix_cache = self._capture_input(self._prefix_name)
+            if self._prefix_cache is None:
+                self._prefix_name = None
+        return self._prefix_cache
+
+    def _choose_prefix(self) -> None:
+        """Try each candidate once against plain per-row evaluation; keep the first that matches. An error of the
+        model itself propagates and leaves the choice to the next call."""
+        self._prefix_name, self._prefix_cache = self._first_exact_prefix()
+        self._prefix_chosen = True
+
+    def _first_exact_prefix(self) -> tuple[str | None, Tensor | None]:
+        candidates = self._prefix_candidates()
+        r = min(VERIFY_ROWS, len(self.inputs))
+        gen = torch.Generator().manual_seed(0)
+        present = torch.rand(r, self.n_players, generator=gen) > 0.5
+        for layer in self.players.layers:  # a removal in every player layer, in every row
+            present[torch.arange(r), layer.offset + torch.randint(layer.size, (r,), generator=gen)] = False
+        examples = torch.linspace(0, len(self.inputs) - 1, r).long().to(self.device)
+        reference = None
+        for name in candidates:
+            cache = self._capture_input(name)
+            if cache is None:
+                if name in self._below_input:  # the model's own input: there is no prefix to skip at all
+                    break
+                continue
+            if reference is None:
+                reference = self._plain_rows(present, examples).float()
+            try:
+                logits = self._prefixed_forward(present, name, cache[examples])
+                ok = logits.shape == reference.shape
+            except Exception:  # plain evaluation of these rows just worked: the substitution is what failed
+                ok = False  # (typically a branch around the module met the empty batch fed below it)
+            if ok:
+                scale = float(reference.abs().max()) + 1.0
+                ok = torch.allclose(logits.float(), reference, rtol=1e-4, atol=1e-5 * scale)
+            if ok:
+                return name, cache
+        return None, None
+
+    def _capture_input(self, name: str) -> Tensor | None:
+        """Input of module ``name`` for every evaluation example, nothing masked; None where it cannot be cached:
+        not one positional tensor with a row per example, larger than ``MAX_PREFIX_BYTES``, or the model's own
+        input (then ``name`` is recorded in ``_below_input``: nothing below it to skip)."""
+        module = self.model.get_submodule(name)
+        taken: list[Tensor] = []
+
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
+                taken.append(args[0])
+            raise _StopForward  # the layers above the module are not needed to take its input
+
+        parts: list[Tensor] = []
+        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            for start in range(0, len(self.inputs), self.max_rows):
+                x = self.inputs[start : start + self.max_rows]
+                taken.clear()
+                with contextlib.suppress(_StopForward):
+                    self.model(x)
+                if len(taken) != 1 or taken[0].dim() == 0 or taken[0].shape[0] != len(x):
+                    return None
+                if start == 0:
+                    if taken[0].untyped_storage().data_ptr() == self.inputs.untyped_storage().data_ptr():
+                        self._below_input.add(name)
+                        return None
+                    if taken[0][:1].nbytes * len(self.inputs) > MAX_PREFIX_BYTES:
+                        return None
+                parts.append(taken[0].detach().clone())  # the forward might have changed it in place
+        finally:
+            handle.remove()
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _prefixed_forward(self, present: Tensor, name: str, source: Tensor) -> Tensor:
+        """Logits of ``present``'s coalitions with module ``name``'s input replaced by ``source`` (one row per
+        row of the result) and an empty batch fed below it, so the layers below cost nothing per row."""
+        module = self.model.get_submodule(name)
+        calls = 0
+
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            nonlocal calls
+            calls += 1
+            if calls > 1:  # a module called twice would read the cache twice: not a prefix
+                raise ValueError(f"module {name!r} runs more than once per forward pass; its input is not a prefix")
+            return (source,), kwargs
+
+        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with self.players.mask(present):
+                logits = self.model(self.inputs[:0])
+        finally:
+            handle.remove()
+        if calls != 1:
+            raise ValueError(f"module {name!r} did not run in the forward pass; its input is not a prefix")
+        return logits
+
+    def _block_shared(self, chunk: Tensor) -> Tensor | None:
+        """Full-set logits of K coalitions from the block-boundary cache (tiled K times), or None where there is
+        none. Checked once against tiled evaluation before it is trusted."""
+        source = self._prefix_source()
+        if source is None:
+            return None
+        key = ("prefix", self._prefix_name)
+        if self._verified.get(key) is False:
+            return None
+        k = chunk.shape[0]
+        tiled = source if k == 1 else source.repeat(k, *([1] * (source.dim() - 1)))
+        if self._verified.get(key):  # checked: an error now is the model's own, not a failed substitution
+            return self._prefixed_forward(chunk, self._prefix_name, tiled)
+        try:
+            logits = self._prefixed_forward(chunk, self._prefix_name, tiled)
+        except Exception:  # not yet checked: blamed on the substitution; a model error recurs in tiled evaluation
+            self._verified[key] = False
+            return None
+        reference = self._tiled(chunk)
+        scale = float(reference.abs().max()) + 1.0
+        ok = logits.shape == reference.shape and torch.allclose(
+            logits.float(), reference.float(), rtol=1e-4, atol=1e-5 * scale
+        )
+        self._verified[key] = ok
+        return logits if ok else reference
 
     def _tiled(self, chunk: Tensor, capture: tuple[int, dict[int, Tensor]] | None = None) -> Tensor:
         """Logits of K coalitions from the evaluation batch tiled K times (always valid)."""
@@ -337,6 +515,7 @@ class ModelGame:
         version = tuple(t._version for t in (*self.model.parameters(), *self.model.buffers()))
         if version != self._weights_version:
             self._activations.clear()
+            self._prefix_cache = None  # retaken at the next use; the chosen module stays (the structure is the same)
             self._weights_version = version
 
     def _shared(self, chunk: Tensor) -> Tensor | None:
