@@ -147,6 +147,12 @@ class FilterPlayers:
         >>> with torch.no_grad():
         ...     torch.allclose(logits[:5], model(x), atol=1e-6)  # coalition 0 has every filter on
         True
+        >>> rows = torch.rand(5, len(players)) > 0.5  # per-row coalitions: row r of x sees rows[r]
+        >>> with torch.no_grad(), players.mask(rows):
+        ...     per_row = model(x)
+        >>> with torch.no_grad(), players.mask(rows[2]):
+        ...     torch.allclose(per_row[2:3], model(x[2:3]), atol=1e-6)  # as if row 2 ran alone
+        True
     """
 
     def __init__(
@@ -300,7 +306,9 @@ class FilterPlayers:
         """Apply coalitions while the block runs: filter i is on where ``present[..., i]`` is True.
 
         With a (K, N) mask the model must be fed the evaluation batch tiled K times; row block k sees
-        coalition k. Hooks are removed when the block exits, also on error.
+        coalition k. Per-row coalitions are the case of blocks of one row: a (B, N) mask over a batch of B rows
+        gives each row its own coalition (row r sees ``present[r]``), so one plain forward pass of B rows
+        evaluates B (coalition, example) pairs. Hooks are removed when the block exits, also on error.
 
         Shared-prefix evaluation (used by the games; needs a network whose layers before ``expand_at`` feed
         nothing past it): with ``expand_at=i`` the model is fed the batch once, layers before ``i`` must have
