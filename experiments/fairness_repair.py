@@ -53,7 +53,7 @@ def group_games(model: nn.Module, players: FilterPlayers, x: Tensor, y: Tensor, 
     games: dict[str, Any] = {
         f"group{g}": AccuracyGame(model, players, x[groups == g], y[groups == g]) for g in torch.unique(groups).tolist()
     }
-    games["worst"] = FairnessGame(model, players, x, y, groups, metric="worst_group_accuracy")
+    games["worst"] = FairnessGame(model, players, x, y, groups, metric="min_group_accuracy")  # whichever is worst
     games["overall"] = AccuracyGame(model, players, x, y)
     return games
 

@@ -98,10 +98,17 @@ def test_fairness_game_metrics(model, digits_val):
     present[:3] = False
     pruned = _without_filters(model, players, list(range(3)))
     acc = [_accuracy(pruned, x[groups == g], y[groups == g]) for g in (10, 11)]
+    full = [_accuracy(model, x[groups == g], y[groups == g]) for g in (10, 11)]
+    w, b = (0, 1) if full[0] <= full[1] else (1, 0)  # the groups worst and best on the full model (ties: 10)
     worst = FairnessGame(model, players, x, y, groups)
     gap = FairnessGame(model, players, x, y, groups, metric="accuracy_gap")
-    assert float(worst(present)[0]) == pytest.approx(min(acc), abs=1e-9)
-    assert float(gap(present)[0]) == pytest.approx(1 - abs(acc[0] - acc[1]), abs=1e-9)
+    minimum = FairnessGame(model, players, x, y, groups, metric="min_group_accuracy")
+    assert (worst.worst_group_code, worst.best_group_code) == (10 + w, 10 + b)
+    # The worst-group and gap games keep the full model's groups for every coalition; the minimum does not.
+    assert float(worst(present)[0]) == pytest.approx(acc[w], abs=1e-9)
+    assert float(gap(present)[0]) == pytest.approx(1 - (acc[b] - acc[w]), abs=1e-9)
+    assert float(minimum(present)[0]) == pytest.approx(min(acc), abs=1e-9)
+    assert worst.full_value() == pytest.approx(min(full), abs=1e-9) == minimum.full_value()
     parity = FairnessGame(model, players, x, y, groups, metric="demographic_parity", positive_class=1)
     with torch.no_grad():
         pos = pruned(x).argmax(1) == 1

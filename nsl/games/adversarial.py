@@ -45,6 +45,11 @@ class AdversarialGame(ModelGame):
 
     Its value is harm, so the culprits are the highest values (the top tail) and a repair removes them by
     default. Under DDP every rank attacks with rank 0's adversarial examples.
+
+    It decomposes over examples (see :class:`~nsl.games.ExampleGame`): over the M adversarial examples, u = the
+    attack's success on that example (targeted: classified as its target; untargeted: not as its true class)
+    with weight +1/M; net of clean, the M clean images follow (rows M..2M−1 of ``inputs``) with u = classified
+    correctly and weight −1/M.
     """
 
     negative_culprits = False
@@ -125,3 +130,18 @@ class AdversarialGame(ModelGame):
         if self.net_of_clean:
             return success - self._hit_rate(preds[:, n:], self.true_labels)
         return success
+
+    @property
+    def example_weights(self) -> Tensor:
+        """+1/M on each adversarial example; net of clean, then −1/M on each clean image."""
+        m = len(self.attack_labels)
+        weights = torch.full((m,), 1.0 / m, dtype=torch.float64)
+        return torch.cat([weights, -weights]) if self.net_of_clean else weights
+
+    def example_score(self, logits: Tensor, examples: Tensor) -> Tensor:
+        preds = logits.argmax(dim=-1)
+        m = len(self.attack_labels)
+        image = examples % m  # a clean row e ≥ M is the clean image e − M
+        truth = self.true_labels[image]
+        success = preds == self.attack_labels[image] if self.targeted else preds != truth
+        return torch.where(examples < m, success, preds == truth).double()

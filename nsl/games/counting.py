@@ -16,26 +16,37 @@ from nsl.games.base import Game, check_game
 
 
 class CountingGame:
-    """Wraps ``game``: counts every coalition it evaluates, the calls and the seconds spent inside it.
+    """Wraps ``game``: counts every coalition it evaluates, the rows through the model, the calls and the seconds.
 
     Values come back as float64 on the CPU, one per coalition, and must be finite. With ``record=True`` every
     coalition and its value are kept (:meth:`value_of` looks one up). The wrapped game's ``players`` and
-    ``chunk_size`` are passed through, so estimators batch and name players as with the bare game.
+    ``chunk_size`` are passed through, so estimators batch and name players as with the bare game, and so is its
+    decomposition over examples (``example_weights``, ``example_offset``, ``why_not_decomposable`` and
+    :meth:`example_values`, counted and checked like full-set calls).
+
+    Rows are the cost unit: a full-set call of K coalitions costs K × the game's ``rows_per_eval`` (1 for a game
+    that does not say), a per-example call of R (coalition, example) pairs costs R.
 
     Example:
         >>> import torch
-        >>> from nsl.games import CountingGame, additive_game
+        >>> from nsl.games import CountingGame, additive_game, network_examples_game
         >>> meter = CountingGame(additive_game([1.0, 2.0, 3.0]))
         >>> meter(torch.tensor([[True, False, True], [False, False, False]])).tolist()
         [4.0, 0.0]
-        >>> meter.n_evals, meter.calls
-        (2, 1)
+        >>> meter.n_evals, meter.calls, meter.n_rows
+        (2, 1, 2)
+        >>> meter = CountingGame(network_examples_game(40, 8))   # a mean over 8 examples
+        >>> _ = meter(torch.ones(1, 40, dtype=torch.bool)); meter.n_rows
+        8
+        >>> _ = meter.example_values(torch.ones(3, 40, dtype=torch.bool), torch.tensor([0, 5, 7])); meter.n_rows
+        11
     """
 
     def __init__(self, game: Game, record: bool = False) -> None:
         self.game = game
         self.n_players = check_game(game)
         self.n_evals = 0
+        self.n_rows = 0  # (coalition, example) pairs: K × rows_per_eval per full-set call, R per per-example call
         self.calls = 0
         self.seconds = 0.0
         self.record = record
@@ -49,6 +60,52 @@ class CountingGame:
     def chunk_size(self) -> Any:
         return getattr(self.game, "chunk_size", None)
 
+    @property
+    def rows_per_eval(self) -> int:
+        """Rows one full-set evaluation of the wrapped game costs (1 where it does not say)."""
+        return int(getattr(self.game, "rows_per_eval", 1))
+
+    @property
+    def example_weights(self) -> Tensor | None:
+        """The wrapped game's example weights (``None``: it does not decompose over examples)."""
+        return getattr(self.game, "example_weights", None)
+
+    @property
+    def example_offset(self) -> float:
+        return float(getattr(self.game, "example_offset", 0.0))
+
+    @property
+    def why_not_decomposable(self) -> str:
+        """Why the wrapped game does not decompose over examples ("" when it does)."""
+        if self.example_weights is not None and callable(getattr(self.game, "example_values", None)):
+            return ""
+        reason = getattr(self.game, "why_not_decomposable", "")
+        return reason or f"{type(self.game).__name__} declares no per-example value"
+
+    @property
+    def n_examples(self) -> int:
+        """Examples in the wrapped game's value: its number of example weights, else its ``rows_per_eval``."""
+        weights = self.example_weights
+        return len(weights) if weights is not None else self.rows_per_eval
+
+    def example_values(self, present: Tensor, examples: Tensor) -> Tensor:
+        """u_e(S) of R (coalition, example) pairs from the wrapped game, counted (R rows), timed and checked."""
+        if self.example_weights is None or not callable(getattr(self.game, "example_values", None)):
+            name = type(self.game).__name__
+            raise TypeError(f"{name} does not decompose over examples: {self.why_not_decomposable}.")
+        present, examples = torch.as_tensor(present), torch.as_tensor(examples)
+        r = present.shape[0] if present.dim() == 2 else 1
+        start = time.perf_counter()
+        values = torch.as_tensor(self.game.example_values(present, examples)).double().reshape(-1).cpu()
+        self.seconds += time.perf_counter() - start
+        if values.shape != (r,):
+            raise ValueError(f"the game returned {tuple(values.shape)} per-example values for {r} rows.")
+        if not torch.isfinite(values).all():
+            raise ValueError("the game returned NaN or inf for a (coalition, example) pair; its value must be finite.")
+        self.n_rows += r
+        self.calls += 1
+        return values
+
     def __call__(self, present: Tensor) -> Tensor:
         present = torch.as_tensor(present)
         k = present.shape[0] if present.dim() == 2 else 1
@@ -60,6 +117,7 @@ class CountingGame:
         if not torch.isfinite(values).all():
             raise ValueError("the game returned NaN or inf for a coalition; its value must be finite.")
         self.n_evals += k
+        self.n_rows += k * self.rows_per_eval
         self.calls += 1
         if self.record:
             rows = present.reshape(k, self.n_players).bool().cpu().numpy()
@@ -92,5 +150,5 @@ class CountingGame:
 
     def reset(self) -> None:
         """Start counting (and recording) afresh."""
-        self.n_evals, self.calls, self.seconds = 0, 0, 0.0
+        self.n_evals, self.n_rows, self.calls, self.seconds = 0, 0, 0, 0.0
         self._records.clear()

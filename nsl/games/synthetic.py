@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from nsl.games.base import check_game
 
 
 class HarsanyiGame:
@@ -263,3 +267,370 @@ def network_game(n_players: int = 300, shape: str = "rare", seed: int = 0) -> Co
         dividends[members] = dividends.get(members, 0.0) + a
     centre(dividends, n_players)
     return CollapseGame(sizes, damage, threshold=1.2, rebound=rebound, dividends=dividends, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-example games: a value that is a weighted sum over examples, each example's game with exact Shapley values.
+
+
+@dataclass(frozen=True)
+class CountTerm:
+    """One term of a per-example game: ``coef · [keys ⊆ S] · [lo ≤ |S ∩ counted| ≤ hi]``.
+
+    ``keys`` must all be present (a unanimity over a few key filters); ``counted`` is a set of players, disjoint
+    from the keys, whose number present must lie in the band ``[lo, hi]`` (a collapse threshold, a quota, a band
+    of scan positions). Players in neither set do not matter to the term.
+    """
+
+    coef: float
+    keys: tuple[int, ...]
+    counted: tuple[int, ...]
+    lo: int
+    hi: int
+
+    def shapley(self, n_players: int) -> Tensor:
+        """Exact Shapley values of the term, shape (N,), in O(|counted|).
+
+        Only the order of keys ∪ counted matters (m players). A key's marginal is 1 when it comes after the other
+        keys and after j counted players with lo ≤ j ≤ hi; a counted player's is +1 when it brings the count to lo
+        and −1 when it takes it past hi, both after every key. The predecessors of a player at a uniform position
+        form a uniform subset of the others, so each probability is a ratio of binomials.
+        """
+        k, a = len(self.keys), len(self.counted)
+        m = k + a
+        phi = torch.zeros(n_players, dtype=torch.float64)
+        if m == 0 or self.lo > self.hi or self.coef == 0:
+            return phi
+        lo, hi = max(self.lo, 0), min(self.hi, a)
+        if k and lo <= hi:
+            j = torch.arange(lo, hi + 1, dtype=torch.float64)
+            phi[list(self.keys)] = float((_log_choose(a, j) - _log_choose(m - 1, k - 1 + j)).exp().sum()) / m
+        if a:
+            value = 0.0
+            if 1 <= self.lo <= a and self.lo <= self.hi:  # the count reaches lo
+                value += math.exp(_log_choose(a - 1, self.lo - 1) - _log_choose(m - 1, k + self.lo - 1))
+            if 0 <= self.hi <= a - 1 and self.lo <= self.hi:  # the count passes hi
+                value -= math.exp(_log_choose(a - 1, self.hi) - _log_choose(m - 1, k + self.hi))
+            phi[list(self.counted)] = value / m
+        return self.coef * phi
+
+
+def _log_choose(n: int | float | Tensor, r: int | float | Tensor) -> Any:
+    """log C(n, r) by log-gamma (a float for scalars, a tensor for tensors)."""
+    if isinstance(n, Tensor) or isinstance(r, Tensor):
+        n_t, r_t = torch.as_tensor(n, dtype=torch.float64), torch.as_tensor(r, dtype=torch.float64)
+        return torch.lgamma(n_t + 1) - torch.lgamma(r_t + 1) - torch.lgamma(n_t - r_t + 1)
+    return math.lgamma(n + 1) - math.lgamma(r + 1) - math.lgamma(n - r + 1)
+
+
+SHORT_LIST = 32  # counted (or uncounted) lists up to this long are gathered; longer ones go through a matmul
+
+
+class CountTermGames:
+    """E per-example games on N players, example e's value a sum of :class:`CountTerm` s, evaluated vectorised.
+
+    ``values(present)`` scores K coalitions on every example at once, (K, E); ``example_values(present,
+    examples)`` scores row r's coalition on example ``examples[r]``, (R,); ``shapley()`` gives every example's
+    exact Shapley values, (E, N). Wrap it in :class:`ExampleMixture` for a game that is a weighted sum over them.
+
+    Args:
+        n_players: N.
+        terms: one sequence of terms per example (an empty sequence is an example worth 0 for every coalition).
+    """
+
+    def __init__(self, n_players: int, terms: Sequence[Sequence[CountTerm]]) -> None:
+        if not isinstance(n_players, int) or isinstance(n_players, bool) or n_players < 1:
+            raise ValueError(f"n_players={n_players!r} is not accepted; use an int ≥ 1.")
+        if not terms:
+            raise ValueError("terms is empty; give one sequence of terms per example (at least one example).")
+        self.n_players = n_players
+        self.terms = [list(t) for t in terms]
+        n_examples, width = len(self.terms), max(1, max(len(t) for t in self.terms))
+        key_width = max(1, max((len(term.keys) for t in self.terms for term in t), default=1))
+        # Padded keys and padded counted indices are masked off; padded terms have coef 0.
+        self.keys = torch.zeros(n_examples, width, key_width, dtype=torch.long)
+        self.key_pad = torch.ones(n_examples, width, key_width, dtype=torch.bool)  # True: not a key
+        self.counted = torch.zeros(n_examples, width, n_players, dtype=torch.bool)
+        self.lo = torch.ones(n_examples, width, dtype=torch.long)
+        self.hi = torch.zeros(n_examples, width, dtype=torch.long)
+        self.coef = torch.zeros(n_examples, width, dtype=torch.float64)
+        for e, example in enumerate(self.terms):
+            for j, term in enumerate(example):
+                members = [*term.keys, *term.counted]
+                if members and (min(members) < 0 or max(members) >= n_players):
+                    raise ValueError(f"example {e}, term {j}: players must lie in [0, {n_players}), got {term}.")
+                if set(term.keys) & set(term.counted) or len(set(term.keys)) != len(term.keys):
+                    raise ValueError(f"example {e}, term {j}: keys must be distinct and not counted, got {term}.")
+                self.keys[e, j, : len(term.keys)] = torch.tensor(term.keys, dtype=torch.long)
+                self.key_pad[e, j, : len(term.keys)] = False
+                self.counted[e, j, list(term.counted)] = True
+                self.lo[e, j], self.hi[e, j], self.coef[e, j] = term.lo, term.hi, term.coef
+        self._counted_columns = self.counted.reshape(-1, n_players).T.float()  # (N, E·J): counts by one matmul
+        # Per row, a count is a gather of the counted players, or of the others subtracted from |S| where that
+        # list is shorter (a collapse counts everyone but the keys): O(min(|A|, N − |A|)) per term, not O(N).
+        # Where both lists are long (voting), rows are grouped by example for one matmul per example instead.
+        self._complement = self.counted.sum(-1) > n_players // 2  # (E, J)
+        listed = torch.where(self._complement.unsqueeze(-1), ~self.counted, self.counted)
+        list_width = max(1, int(listed.sum(-1).max()))
+        self._short_lists = list_width <= SHORT_LIST
+        order = torch.argsort((~listed).to(torch.uint8), dim=-1, stable=True)[..., :list_width]
+        self._listed = order  # (E, J, L) player indices, the listed ones first
+        self._listed_pad = ~listed.gather(-1, order)  # True: padding
+        self._counted_by_example = self.counted.float().transpose(1, 2).contiguous()  # (E, N, J)
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    def _terms_value(self, keys_ok: Tensor, counts: Tensor, lo: Tensor, hi: Tensor, coef: Tensor) -> Tensor:
+        return ((keys_ok & (counts >= lo) & (counts <= hi)).double() * coef).sum(-1)
+
+    def values(self, present: Tensor) -> Tensor:
+        """Every example's value for K coalitions, (K, N) bool -> (K, E) float64."""
+        present = present.reshape(-1, self.n_players).bool()
+        out = []
+        for chunk in present.split(4096):
+            k = chunk.shape[0]
+            keys_ok = (chunk[:, self.keys.reshape(-1)].reshape(k, *self.keys.shape) | self.key_pad).all(-1)
+            counts = (chunk.float() @ self._counted_columns).reshape(k, *self.lo.shape)  # exact below 2^24
+            out.append(self._terms_value(keys_ok, counts, self.lo, self.hi, self.coef))
+        return torch.cat(out) if out else torch.zeros(0, len(self), dtype=torch.float64)
+
+    def example_values(self, present: Tensor, examples: Tensor) -> Tensor:
+        """Row r's coalition on example ``examples[r]``: (R, N) bool, (R,) long -> (R,) float64."""
+        present = present.reshape(-1, self.n_players).bool()
+        examples = examples.long()
+        out = []
+        for rows, ex in zip(present.split(16384), examples.split(16384), strict=True):
+            r = rows.shape[0]
+            keys = rows.gather(1, self.keys[ex].reshape(r, -1)).reshape(r, *self.keys.shape[1:])
+            keys_ok = (keys | self.key_pad[ex]).all(-1)  # (R, J)
+            counts = self._short_counts(rows, ex) if self._short_lists else self._grouped_counts(rows, ex)
+            out.append(self._terms_value(keys_ok, counts, self.lo[ex], self.hi[ex], self.coef[ex]))
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+    def _short_counts(self, rows: Tensor, examples: Tensor) -> Tensor:
+        """|S ∩ counted| per row and term from the short lists (summing bools as uint8: the fast path)."""
+        r = rows.shape[0]
+        listed = rows.gather(1, self._listed[examples].reshape(r, -1)).reshape(r, *self._listed.shape[1:])
+        counts = (listed & ~self._listed_pad[examples]).view(torch.uint8).sum(-1, dtype=torch.int32)
+        complement = self._complement[examples]
+        if bool(complement.any()):
+            size = rows.view(torch.uint8).sum(1, keepdim=True, dtype=torch.int32)
+            counts = torch.where(complement, size - counts, counts)
+        return counts
+
+    def _grouped_counts(self, rows: Tensor, examples: Tensor) -> Tensor:
+        """|S ∩ counted| per row and term: rows sorted by example, one (rows, N) @ (N, J) matmul per example."""
+        order = torch.argsort(examples)
+        present = rows[order].float()
+        found, sizes = torch.unique_consecutive(examples[order], return_counts=True)
+        counts = torch.empty(len(rows), self.lo.shape[1])
+        start = 0
+        for e, size in zip(found.tolist(), sizes.tolist(), strict=True):
+            torch.mm(present[start : start + size], self._counted_by_example[e], out=counts[start : start + size])
+            start += size
+        return torch.empty_like(counts).index_copy_(0, order, counts)
+
+    def shapley(self) -> Tensor:
+        """Exact Shapley values of every example's game, (E, N) float64."""
+        phi = torch.zeros(len(self), self.n_players, dtype=torch.float64)
+        for e, example in enumerate(self.terms):
+            for term in example:
+                phi[e] += term.shapley(self.n_players)
+        return phi
+
+    def select(self, examples: Sequence[int]) -> CountTermGames:
+        """The games of the listed examples only, in that order."""
+        return CountTermGames(self.n_players, [self.terms[e] for e in examples])
+
+
+class _GameList:
+    """Any E games on the same players, scored one by one: the generic members of an :class:`ExampleMixture`."""
+
+    def __init__(self, games: Sequence[Any]) -> None:
+        if not games:
+            raise ValueError("games is empty; an ExampleMixture needs at least one example's game.")
+        sizes = {check_game(g) for g in games}
+        if len(sizes) != 1:
+            raise ValueError(f"the games have different numbers of players {sorted(sizes)}; they must share them.")
+        self.games = list(games)
+        self.n_players = sizes.pop()
+
+    def __len__(self) -> int:
+        return len(self.games)
+
+    def values(self, present: Tensor) -> Tensor:
+        present = present.reshape(-1, self.n_players)
+        return torch.stack([torch.as_tensor(g(present)).double().reshape(-1) for g in self.games], dim=1)
+
+    def example_values(self, present: Tensor, examples: Tensor) -> Tensor:
+        out = torch.zeros(len(examples), dtype=torch.float64)
+        for e in torch.unique(examples).tolist():
+            rows = torch.nonzero(examples == e).squeeze(1)
+            out[rows] = torch.as_tensor(self.games[e](present[rows])).double().reshape(-1)
+        return out
+
+    def shapley(self) -> Tensor:
+        missing = [type(g).__name__ for g in self.games if not callable(getattr(g, "shapley", None))]
+        if missing:
+            raise TypeError(f"exact values need every member game to have shapley(); {missing[0]} has none.")
+        return torch.stack([torch.as_tensor(g.shapley()).double().reshape(-1) for g in self.games])
+
+
+class ExampleMixture:
+    """A game that is a weighted sum over examples, ``v(S) = offset + Σ_e w_e · u_e(S)``, with exact values.
+
+    Each u_e is a game on the same N players with exact Shapley values, so by linearity ``shapley()`` =
+    Σ_e w_e φ(u_e) exactly. It is an :class:`~nsl.games.ExampleGame`: ``example_values(present, examples)`` scores
+    row r's coalition on example ``examples[r]`` alone, as one model row of a network game would. Ground truth for
+    estimators that sample (coalition, example) pairs.
+
+    Args:
+        games: a :class:`CountTermGames` (all examples evaluated at once), or a sequence of games (each with
+            ``n_players``, ``__call__`` and, for exact values, ``shapley()``), one per example.
+        weights: w_e, one per example (signed weights allowed).
+        offset: the constant of the value.
+
+    Example:
+        >>> import torch
+        >>> from nsl.games import ExampleMixture, additive_game
+        >>> game = ExampleMixture([additive_game([1.0, 0.0]), additive_game([0.0, 1.0])], [0.5, 0.5])
+        >>> game(torch.tensor([[True, False]])).tolist(), game.shapley().tolist()
+        ([0.5], [0.5, 0.5])
+        >>> game.example_values(torch.tensor([[True, False], [True, False]]), torch.tensor([0, 1])).tolist()
+        [1.0, 0.0]
+    """
+
+    why_not_decomposable = ""
+
+    def __init__(self, games: CountTermGames | Sequence[Any], weights: Sequence[float] | Tensor,
+                 offset: float = 0.0) -> None:
+        self.games = games if isinstance(games, CountTermGames) else _GameList(games)
+        self.n_players = self.games.n_players
+        weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+        if len(weights) != len(self.games):
+            raise ValueError(f"weights has {len(weights)} entries for {len(self.games)} examples; give one each.")
+        if not torch.isfinite(weights).all() or not math.isfinite(float(offset)):
+            raise ValueError("weights and offset must be finite.")
+        self.example_weights = weights
+        self.example_offset = float(offset)
+        self.n_evals = 0
+        self.n_rows = 0
+
+    @property
+    def rows_per_eval(self) -> int:
+        """Rows one full-set evaluation stands for: the number of examples."""
+        return len(self.games)
+
+    def __call__(self, present: Tensor) -> Tensor:
+        present = torch.as_tensor(present).reshape(-1, self.n_players).bool()
+        self.n_evals += present.shape[0]
+        self.n_rows += present.shape[0] * len(self.games)
+        return self.example_offset + self.games.values(present) @ self.example_weights
+
+    def example_values(self, present: Tensor, examples: Tensor) -> Tensor:
+        """u_e(S) of R (coalition, example) pairs: (R, N) bool, (R,) long -> (R,) float64."""
+        present = torch.as_tensor(present).reshape(-1, self.n_players).bool()
+        examples = torch.as_tensor(examples)
+        if examples.shape != (present.shape[0],) or examples.dtype.is_floating_point:
+            raise ValueError(f"examples must be integer indices of shape ({present.shape[0]},), one per row.")
+        if len(examples) and (int(examples.min()) < 0 or int(examples.max()) >= len(self.games)):
+            raise ValueError(f"example indices must lie in [0, {len(self.games) - 1}].")
+        self.n_rows += len(examples)
+        return self.games.example_values(present, examples.long())
+
+    def shapley(self) -> Tensor:
+        """Exact Shapley values, Σ_e w_e φ(u_e), shape (N,)."""
+        return self.example_weights @ self.games.shapley()
+
+    def example_game(self, example: int) -> ExampleMixture:
+        """Example ``example``'s own game u_e (weight 1, offset 0), a game with exact values."""
+        if isinstance(self.games, CountTermGames):
+            return ExampleMixture(self.games.select([example]), [1.0])
+        return ExampleMixture([self.games.games[example]], [1.0])
+
+
+EXAMPLE_SHAPES = ("rare", "band", "voting")
+
+
+def network_examples_game(n_players: int, n_examples: int, shape: str = "rare", seed: int = 0) -> ExampleMixture:
+    """A mean over ``n_examples`` per-example games shaped like a CNN's per-image correctness, with exact values.
+
+    Shapes:
+        ``rare``: each example is correct while its 1–3 key players (from a pool of up to 20, some keys far more
+            common than others) are present and the network has not collapsed (at least a threshold of the other
+            players present; collapse after 3–12 % of a removal scan). 6 % of the examples are always wrong; 10 %
+            are right again once the network has collapsed (the class an empty network predicts), so their
+            values are negative. Most per-example marginals are exactly 0; a key's is a rare flip to 1.
+        ``band``: ``rare`` plus one band player h: on 20 % of the examples the value is 1 only while h is present
+            and the number of other players present lies in a narrow band (3.5 % of the sizes) in the middle of
+            a scan, far from where the other players' marginals live. h's marginal is 1 there and 0 elsewhere.
+        ``voting``: each example is a weighted majority vote of a random 60–90 % of the players (weight 1) and
+            one heavy player (weight 2–5 % of the voters, the same player on every example), with a quota of
+            50–70 % of the total weight; the heavy player is pivotal only in a narrow band of counts.
+
+    Every example's exact values come in closed form (:class:`CountTerm`), so ``shapley()`` costs O(E·N) for
+    N up to thousands. ``seed`` draws a new instance of the family.
+    """
+    if shape not in EXAMPLE_SHAPES:
+        raise ValueError(f"shape={shape!r} is not known; use one of {EXAMPLE_SHAPES}.")
+    if not isinstance(n_players, int) or isinstance(n_players, bool) or n_players < 3:
+        raise ValueError(f"n_players={n_players!r} is not accepted; use an int ≥ 3.")
+    if not isinstance(n_examples, int) or isinstance(n_examples, bool) or n_examples < 1:
+        raise ValueError(f"n_examples={n_examples!r} is not accepted; use an int ≥ 1.")
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand(1, generator=generator, dtype=torch.float64))
+
+    players = torch.randperm(n_players, generator=generator).tolist()
+    everyone = set(range(n_players))
+    terms: list[list[CountTerm]] = []
+    if shape == "voting":
+        heavy, voters = players[0], torch.tensor(players[1:])
+        for _ in range(n_examples):
+            share = uniform(0.6, 0.9)
+            chosen = voters[torch.rand(len(voters), generator=generator) < share]
+            if len(chosen) == 0:
+                chosen = voters[:1]
+            counted, a = tuple(sorted(chosen.tolist())), len(chosen)
+            weight = max(1, round(uniform(0.02, 0.05) * a))
+            quota = min(a + weight, max(1, math.ceil(uniform(0.5, 0.7) * (a + weight))))
+            # [w·1_h + |S ∩ V| ≥ q] = [|S ∩ V| ≥ q] + [h ∈ S]·[q − w ≤ |S ∩ V| ≤ q − 1]
+            terms.append([
+                CountTerm(1.0, (), counted, quota, a),
+                CountTerm(1.0, (heavy,), counted, max(0, quota - weight), min(a, quota - 1)),
+            ])
+        return ExampleMixture(CountTermGames(n_players, terms), torch.full((n_examples,), 1.0 / n_examples))
+
+    n_keys = min(20, max(2, n_players // 5))
+    keys, band_player = players[:n_keys], players[n_keys]
+    popularity = 1.0 / torch.arange(1, n_keys + 1, dtype=torch.float64) ** 0.8
+    band_examples = set()
+    if shape == "band":
+        n_band = max(1, round(0.2 * n_examples))
+        band_examples = set(torch.randperm(n_examples, generator=generator)[:n_band].tolist())
+    width = max(1, round(0.035 * n_players))
+    band_lo = max(0, (n_players - 1) // 2 - (width - 1) // 2)
+    for e in range(n_examples):
+        if e in band_examples:
+            others = tuple(sorted(everyone - {band_player}))
+            terms.append([CountTerm(1.0, (band_player,), others, band_lo, band_lo + width - 1)])
+            continue
+        kind = float(torch.rand(1, generator=generator))
+        if kind < 0.06:  # always wrong
+            terms.append([])
+            continue
+        n_example_keys = min(n_keys, 1 + int(torch.multinomial(torch.tensor([0.5, 0.35, 0.15]), 1,
+                                                               generator=generator)))
+        picked = torch.multinomial(popularity, n_example_keys, replacement=False, generator=generator)
+        example_keys = tuple(sorted(keys[i] for i in picked.tolist()))
+        counted = tuple(sorted(everyone - set(example_keys)))
+        a = len(counted)
+        threshold = max(1, a - math.floor(uniform(0.03, 0.12) * a))  # collapse once more than a − t are gone
+        example = [CountTerm(1.0, example_keys, counted, threshold, a)]
+        if kind < 0.16:  # right again once collapsed: fewer than t' ≤ t of the others present
+            rescue = max(1, round(uniform(0.05, 0.3) * threshold))
+            example.append(CountTerm(1.0, (), counted, 0, rescue - 1))
+        terms.append(example)
+    return ExampleMixture(CountTermGames(n_players, terms), torch.full((n_examples,), 1.0 / n_examples))
