@@ -22,7 +22,9 @@ from nsl.games import GAMES, EvalData, ModelGame
 from nsl.players import FilterPlayers
 from nsl.validation import check_bool, check_int, check_number
 
-RESERVED = ("kind", "name", "top_k", "max_evals", "max_seconds", "negative_culprits", "tail", "required")
+RESERVED = (
+    "kind", "name", "top_k", "max_evals", "max_rows", "max_seconds", "negative_culprits", "tail", "required",
+)
 # Constructor arguments a spec never sets: the model, players and data come from the callback.
 _FROM_CALLBACK = ("self", "model", "players", "inputs", "targets")
 
@@ -59,6 +61,7 @@ class GameSpec:
     top_k: int | None = None
     max_evals: int | None = None
     max_seconds: float | None = None
+    max_rows: int | None = None  # the estimator's budget in rows (not the game's rows per forward pass)
     negative_culprits: bool = True
     tail: str = "both"
     required: bool = True
@@ -120,6 +123,7 @@ def _parse_one(item: str | Mapping[str, Any]) -> GameSpec:
         top_k=options.pop("top_k", None),
         max_evals=options.pop("max_evals", None),
         max_seconds=options.pop("max_seconds", None),
+        max_rows=options.pop("max_rows", None),
         negative_culprits=options.pop("negative_culprits", cls.negative_culprits),
         tail=options.pop("tail", cls.default_tail),
         required=options.pop("required", True),
@@ -128,12 +132,14 @@ def _parse_one(item: str | Mapping[str, Any]) -> GameSpec:
     accepted = game_options(cls)
     unknown = [] if accepted is None else sorted(set(options) - set(accepted))
     if unknown:
+        own = sorted(set(accepted or []) - set(RESERVED))  # a reserved key never reaches the game
         raise ValueError(
-            f"game {name!r} ({kind}): unknown option(s) {unknown}; {cls.__name__} accepts {sorted(accepted or [])}, "
+            f"game {name!r} ({kind}): unknown option(s) {unknown}; {cls.__name__} accepts {own}, "
             f"and every spec the reserved keys {list(RESERVED)}."
         )
     check_int(f"{name}.top_k", spec.top_k, low=1, optional=True)
     check_int(f"{name}.max_evals", spec.max_evals, low=1, optional=True)
+    check_int(f"{name}.max_rows", spec.max_rows, low=1, optional=True)
     check_number(f"{name}.max_seconds", spec.max_seconds, positive=True, optional=True)
     check_bool(f"{name}.negative_culprits", spec.negative_culprits)
     check_bool(f"{name}.required", spec.required)
