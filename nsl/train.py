@@ -13,15 +13,20 @@ before anything is built, e.g. ``nsl-train --config-dir my_conf experiment=my_st
 ``nsl-train`` is started from are importable, so ``model._target_=my_module.MyModule`` runs your own
 LightningModule; the checkpoint callback monitors whichever validation metric it logs. Each run writes
 ``metrics.json`` next to its results; ``nsl-report <run or multirun folder>`` compares runs from those files.
+The run's log lines (Lightning's and nsl's, warnings, the closing summary) go to the console and to Hydra's job
+log, ``train.log`` in the run folder.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +41,49 @@ from omegaconf import DictConfig, OmegaConf
 from nsl.callback import NeuronShapley, ShapleyRepair
 from nsl.report.compare import saved_results
 
+log = logging.getLogger("nsl.train")
+#: Loggers that Lightning detaches from the root logger when it is imported before logging is configured.
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
 # Trainer settings of a run whose results are measured afterwards rather than logged or checkpointed.
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+
+
+@contextmanager
+def job_log() -> Iterator[None]:
+    """While the run lasts, send Lightning's log lines and Python warnings into the job log file (``train.log``).
+
+    Hydra writes the job log through the root logger, but Lightning's loggers stop propagating to it when
+    Lightning is imported before logging is configured (as ``nsl`` imports it before Hydra starts the job), so
+    every rank-zero line, nsl's ``[NeuronShapley]`` and ``[ShapleyRepair]`` lines among them, reached the console
+    only. The root logger's file handlers are added to those loggers until the block ends, and warnings are
+    written to the file as well as shown as usual; without a log file (no Hydra job) nothing changes.
+    """
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        yield
+        return
+    detached = [logging.getLogger(n) for n in LIGHTNING_LOGGERS if not logging.getLogger(n).propagate]
+    warned = logging.getLogger("py.warnings")
+    to_file = [(logger, h) for logger in [*detached, warned] for h in files]
+    propagate, show = warned.propagate, warnings.showwarning
+    warned.propagate = False  # warnings reach the console through `show` already, the file through its handlers
+
+    def show_and_log(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: Any = None, line: str | None = None) -> None:
+        show(message, category, filename, lineno, file, line)
+        warned.warning(warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+
+    for logger, handler in to_file:
+        logger.addHandler(handler)
+    warnings.showwarning = show_and_log
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
+        warned.propagate = propagate
+        for logger, handler in to_file:
+            logger.removeHandler(handler)
 
 
 def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
@@ -129,8 +175,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate data, model, callbacks, loggers and trainer from ``cfg``; fit, test; return the metrics.
 
     Every component is built before training starts, so a bad config value fails at once. The modules named
-    in ``cfg.imports`` are imported first, so what they register can be chosen by name.
+    in ``cfg.imports`` are imported first, so what they register can be chosen by name. Under Hydra the run's
+    log lines also go to its job log (:func:`job_log`).
     """
+    with job_log():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model = _data_and_model(cfg)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     logger_cfg = cfg.get("logger")
@@ -207,7 +259,11 @@ def _print_summary(trainer: L.Trainer, callbacks: list[Any], loggers: list[Logge
         if isinstance(logger, WandbLogger):
             run_dir = logger.experiment.dir.removesuffix("/files")
             lines.append(f"  W&B run: {run_dir} (group {logger.experiment.group})")
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    if logging.getLogger().handlers:  # Hydra's job logging (or the caller's): the console and train.log
+        log.info(text)
+    else:
+        print(text)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

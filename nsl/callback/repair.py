@@ -29,6 +29,7 @@ from nsl.callback.specs import GameSpec
 from nsl.games import AccuracyGame, EvalData, ModelGame
 from nsl.players import FilterPlayers, preserve_mode
 from nsl.repair import REPAIRS, FilterDropout, GuidedDropout, PruneCulprits, RepairMethod
+from nsl.repair.plan import PLAN_KEY, plan_path, pruning_plan, save_pruned
 from nsl.repair.snapshot import ModuleSnapshot
 from nsl.report import log_scalars, log_table, markdown
 from nsl.validation import check_bool, check_int, check_number
@@ -78,8 +79,10 @@ class ShapleyRepair(Callback):
     The repaired weights (``state_dict``) go to :attr:`model_path`, ``repaired_model.pt`` next to
     ``repair.md``, only when the repair is kept: after a roll-back no such file is written (a stale one from
     an earlier run in that folder is removed), so the file always holds a repaired model that passed the
-    check. With ``physical=True`` its tensors have the pruned shapes. :meth:`undo` restores the model as it
-    was before the repair.
+    check. With ``physical=True`` its tensors have the pruned shapes and the pruning plan is written beside it
+    (``repaired_model.plan.pt``); every Lightning checkpoint saved afterwards holds the plan too, so
+    :func:`~nsl.repair.load_pruned` (or :func:`~nsl.repair.load_pruned_checkpoint`) rebuilds the pruned model from
+    a freshly constructed module. :meth:`undo` restores the model as it was before the repair.
 
     Args:
         method: a registered repair method name, or a :class:`~nsl.repair.RepairMethod` instance.
@@ -464,10 +467,13 @@ class ShapleyRepair(Callback):
         log_scalars(trainer.loggers, scalars, trainer.global_step)
         out.mkdir(parents=True, exist_ok=True)
         if self.model_path is not None:
-            torch.save(pl_module.state_dict(), self.model_path)
+            written = save_pruned(pl_module, self.model_path)  # with its pruning plan beside it, if physical
             weights = f"repaired weights (state_dict) in {self.model_path}"
+            if len(written) > 1:
+                weights += f", pruning plan in {written[1]} (reload with nsl.repair.load_pruned)"
         else:
-            (out / MODEL_FILE).unlink(missing_ok=True)  # a file from an earlier run would contradict this report
+            for stale in (out / MODEL_FILE, plan_path(out / MODEL_FILE)):  # an earlier run's would contradict this
+                stale.unlink(missing_ok=True)
             weights = f"no {MODEL_FILE} written: the model keeps its weights from before the repair"
         _log_outcome(trainer.loggers, self.outcome, self.reason, weights, trainer.global_step)
         for logger in trainer.loggers:  # they were finalized before on_fit_end: write what came since
@@ -498,6 +504,15 @@ class ShapleyRepair(Callback):
             "description": self.description,
             "restore": self._restore,
         }
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """A checkpoint of a physically pruned model carries its pruning plan (``nsl.repair.load_pruned`` reads it)."""
+        plan = pruning_plan(pl_module)
+        if plan is not None:
+            checkpoint[PLAN_KEY] = plan
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

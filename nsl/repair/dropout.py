@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.hooks import RemovableHandle
@@ -84,6 +85,26 @@ class _DropHook:
         return out * factor
 
 
+def _analysis_layers(trainer: L.Trainer) -> tuple[str | list[str] | None, str]:
+    """The ``layers`` of the NeuronShapley among the trainer's callbacks (None: every Conv2d), and a note saying so.
+
+    Several analyses with different layers are ambiguous: ValueError asking for ``layers`` to be set.
+    """
+    from nsl.callback.neuron_shapley import NeuronShapley  # the callback package imports this module
+
+    found = [cb.layers for cb in trainer.callbacks if isinstance(cb, NeuronShapley)]
+    if not found:
+        return None, "every Conv2d: no NeuronShapley among the callbacks"
+    distinct = list(dict.fromkeys(str(layers) for layers in found))
+    if len(distinct) > 1:
+        raise ValueError(
+            f"FilterDropout(layers=None) takes the NeuronShapley's layers, but the trainer has {len(found)} "
+            f"NeuronShapley callbacks with different layers ({distinct}); set FilterDropout's layers."
+        )
+    layers = found[0] if found[0] is None or isinstance(found[0], str) else list(found[0])
+    return layers, "the NeuronShapley's: every Conv2d" if layers is None else f"the NeuronShapley's layers {layers!r}"
+
+
 class FilterDropout(Callback):
     """Drop each selected filter with probability ``p`` in every training step (the paper's filter dropout).
 
@@ -99,7 +120,9 @@ class FilterDropout(Callback):
     Args:
         p: drop probability in [0, 1), or a 1-D tensor with one probability per filter (player order of
             ``FilterPlayers(model, layers)``), e.g. from :func:`guided_probabilities`.
-        layers: ``None`` for every ``Conv2d``, or glob pattern(s) over module names, as in ``FilterPlayers``.
+        layers: glob pattern(s) over module names, as in ``FilterPlayers``. ``None``: the layers of the
+            :class:`~nsl.NeuronShapley` among the trainer's callbacks, so training drops the filters the analysis
+            scores (every ``Conv2d`` when there is none); chosen at ``setup`` and announced.
         per_sample: draw a mask per sample (default) rather than one per batch. Per-sample masks let every
             step average over B coalitions instead of one, which gives lower-variance gradients at the same
             cost, the same reason standard dropout is per sample. Per-batch masks match one
@@ -146,6 +169,8 @@ class FilterDropout(Callback):
         self.dropped = 0  # (sample or batch, filter) pairs dropped so far
         self.seen = 0  # and drawn so far
         self.players: FilterPlayers | None = None
+        #: The layers dropped from: ``layers``, or when that is None the analysis' layers (set at ``setup``).
+        self.resolved_layers: str | list[str] | None = layers
         self._handles: list[RemovableHandle] = []
 
     @property
@@ -171,18 +196,26 @@ class FilterDropout(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        source = "as configured"
+        if self.layers is None:
+            self.resolved_layers, source = _analysis_layers(trainer)
         self._build_players(pl_module)
+        assert self.players is not None
+        p = f"{self.p}" if not isinstance(self.p, Tensor) else f"mean {float(self.p.mean()):.3g}"
+        rank_zero_info(
+            f"[FilterDropout] p={p} on {len(self.players)} filters of {len(self.players.layers)} layers ({source})."
+        )
         # Every fit starts the stream from the seed (a resumed fit then loads the saved state over it);
         # each DDP rank gets its own stream, so ranks do not drop the same filters for their samples.
         self.generator.manual_seed(self.seed + trainer.global_rank)
 
     def _build_players(self, pl_module: L.LightningModule) -> None:
-        self.players = FilterPlayers(pl_module, self.layers)
+        self.players = FilterPlayers(pl_module, self.resolved_layers)
         n = len(self.players)
         if isinstance(self.p, Tensor) and len(self.p) != n:
             raise ValueError(
-                f"p has {len(self.p)} probabilities but layers={self.layers!r} select {n} filters; give one "
-                "probability per filter, in FilterPlayers order."
+                f"p has {len(self.p)} probabilities but layers={self.resolved_layers!r} select {n} filters; give "
+                "one probability per filter, in FilterPlayers order."
             )
 
     def _install(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

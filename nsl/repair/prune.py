@@ -3,7 +3,9 @@
 ``prune_filters`` is the permanent twin of ``FilterPlayers.mask`` with ``ablation="zero"``: a pruned filter's
 channel reaches the next layer as exactly 0, and the change lives in ordinary parameters, so it survives
 ``state_dict`` save/load and Lightning checkpoints without extra keys. With ``physical=True`` the filters are
-removed from the tensors instead (Torch-Pruning's dependency graph), which makes the model smaller.
+removed from the tensors instead (Torch-Pruning's dependency graph), which makes the model smaller; the model
+then carries its pruning plan, so :func:`~nsl.repair.save_pruned` / :func:`~nsl.repair.load_pruned` can rebuild
+the pruned shapes on a freshly constructed module.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from nsl.players import BATCHNORMS, FilterPlayers, PlayerLayer, preserve_mode
+from nsl.repair.plan import record_pruning
 
 IndexLike = Tensor | Sequence[int] | Iterable[int] | int
 
@@ -313,8 +316,10 @@ def prune_filters(
     scale and shift when the players mask after a BatchNorm), so the channel is exactly 0 downstream and the
     change survives ``state_dict`` save/load. ``physical=True`` removes the channels instead, with
     Torch-Pruning's dependency graph traced on ``example_inputs`` (needs gradients on, so call it after
-    ``fit``), and the model shrinks; the old ``players`` then no longer describe it. Inputs are checked before
-    anything changes: on ``ValueError`` the model is untouched.
+    ``fit``), and the model shrinks; the old ``players`` then no longer describe it. A physical pruning is
+    recorded on ``model`` (Torch-Pruning's history and the player names, see :func:`~nsl.repair.pruning_plan`):
+    save with :func:`~nsl.repair.save_pruned` and reload into a fresh module with :func:`~nsl.repair.load_pruned`.
+    Inputs are checked before anything changes: on ``ValueError`` the model is untouched.
 
     Args:
         model: the model to prune (``players.model`` or a module containing it).
@@ -332,7 +337,8 @@ def prune_filters(
     groups = _by_layer(players, idx)
     params_before = sum(p.numel() for p in model.parameters())
     if physical:
-        _prune_physically(model, players, modules, groups, example_inputs)
+        history = _prune_physically(model, players, modules, groups, example_inputs)
+        record_pruning(model, history, names, example_inputs)
         params_after = sum(p.numel() for p in model.parameters())
         return PrunedFilters(model, idx, names, [], True, params_before, params_after, players.model)
     saved = []
@@ -354,8 +360,11 @@ def _prune_physically(
     modules: dict[str, nn.Module],
     groups: list[tuple[PlayerLayer, Tensor]],
     example_inputs: Any,
-) -> None:
-    """Remove the channels with Torch-Pruning, after checking every group so a refusal changes nothing."""
+) -> list[list[Any]]:
+    """Remove the channels with Torch-Pruning, after checking every group so a refusal changes nothing.
+
+    Returns Torch-Pruning's pruning history (``[module name, out_channels?, channels]`` per layer, names relative
+    to ``model``): the plan that replays this pruning on a fresh module."""
     if example_inputs is None:
         raise ValueError(
             "physical=True needs example_inputs: a batch the model accepts (e.g. the inputs of one "
@@ -401,3 +410,4 @@ def _prune_physically(
                     )
         for layer, rows in groups:
             group_of(graph, layer, rows).prune()
+    return [list(step) for step in graph.pruning_history()]

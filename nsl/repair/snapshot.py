@@ -2,8 +2,9 @@
 
 Physical pruning (Torch-Pruning) replaces parameters by smaller ones and changes layer attributes such as
 ``out_channels``, so a saved ``state_dict`` alone cannot be loaded back: :class:`ModuleSnapshot` also keeps
-each module's public size attributes and writes tensors back with their original shapes. It works in place
-on the same module objects, so a Trainer or anything else holding the model keeps seeing it.
+each module's public size attributes (and the record a physical pruning leaves, so a restored model has no
+pruning plan) and writes tensors back with their original shapes. It works in place on the same module objects,
+so a Trainer or anything else holding the model keeps seeing it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from nsl.repair.plan import PLAN_ATTR
+
 _SIZE_TYPES = (int, float, bool, str, tuple, type(None))
 
 
@@ -21,6 +24,7 @@ class _ModuleState:
     parameters: dict[str, Tensor | None]
     buffers: dict[str, Tensor | None]
     attributes: dict[str, object]  # public plain attributes such as out_channels, num_features, in_features
+    plan: list[dict] | None  # the pruning record of this module (nsl.repair.plan), None if it has none
 
 
 def _clone(t: Tensor | None) -> Tensor | None:
@@ -56,6 +60,7 @@ class ModuleSnapshot:
                 {k: _clone(p) for k, p in module._parameters.items()},
                 {k: _clone(b) for k, b in module._buffers.items()},
                 attributes,
+                list(getattr(module, PLAN_ATTR, None) or []) or None,
             )
 
     @torch.no_grad()
@@ -88,6 +93,10 @@ class ModuleSnapshot:
                     module._buffers[key] = saved.clone() if current is None else saved.to(current.device).clone()
             for key, value in state.attributes.items():
                 setattr(module, key, value)
+            if state.plan is None:
+                module.__dict__.pop(PLAN_ATTR, None)
+            else:
+                object.__setattr__(module, PLAN_ATTR, list(state.plan))
 
 
 __all__ = ["ModuleSnapshot"]
