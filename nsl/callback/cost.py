@@ -62,7 +62,7 @@ class CostEstimate:
     rows: int | None
     evals: float | None
     samples_per_filter: float | None
-    can_rank: bool | None  # None: the estimator takes no budget (exact)
+    can_rank: bool | None  # None: no budget limits the estimator (exact, or nothing set): its own rule decides
     likely_certify: bool | None
     seconds_to_rank: float
     rankable_filters: int | None
@@ -87,17 +87,14 @@ class CostEstimate:
             f"evaluation examples, {_seconds(self.seconds_per_row)} per example row ({unit}); building the game "
             f"{_seconds(self.build_seconds)}",
         ]
-        if self.can_rank is None:
+        if self.can_rank is None or self.rows is None:
             out.append(f"budget: {self.limited_by}")
             return out
-        if self.rows is None:
-            out.append(f"budget: {self.limited_by}: no limit, the estimator samples until it certifies")
-        else:
-            ranks = f"{self.world_size} ranks: " if self.world_size > 1 else ""
-            out.append(
-                f"budget: {self.limited_by} buys {ranks}about {self.rows:,} rows = {_count(self.evals)} full-set "
-                f"evaluations = {self.samples_per_filter:,.1f} samples per filter"
-            )
+        ranks = f"{self.world_size} ranks: " if self.world_size > 1 else ""
+        out.append(
+            f"budget: {self.limited_by} buys {ranks}about {self.rows:,} rows = {_count(self.evals)} full-set "
+            f"evaluations = {_count(self.samples_per_filter)} samples per filter"
+        )
         verdict = "can rank" if self.can_rank else "cannot rank"
         certify = "likely to certify" if self.likely_certify else "unlikely to certify"
         needed = CERTIFY_EVALS_PER_FILTER if self.sampling == "coalitions" else CERTIFY_EVALS_PER_FILTER / ROW_GAIN
@@ -118,7 +115,7 @@ class CostEstimate:
             return None
         return (
             f"NeuronShapley: game {self.game!r}: the budget ({self.limited_by}) buys about "
-            f"{self.samples_per_filter:,.1f} samples per filter for {self.players:,} filters, too few to rank them "
+            f"{_count(self.samples_per_filter)} samples per filter for {self.players:,} filters, too few to rank them "
             f"(rule of thumb: {RANK_SAMPLES}). Levers: " + "; ".join(self.levers) + "."
         )
 
@@ -192,10 +189,10 @@ def estimate_cost(
         share = f", {estimate_seconds:,.0f} s of it for the estimate" if estimate_share < 1 or build_seconds else ""
         rows_per_second = world_size * rows_per_sample / max(per_sample, 1e-12)
         limits[f"max_seconds={max_seconds:g}{share}"] = estimate_seconds * rows_per_second
-    if not limits:
+    if not limits:  # the estimator's own stopping rule decides (tmab: certification; monte_carlo: its scans)
         return CostEstimate(
-            **common, limited_by="no budget", rows=None, evals=None, samples_per_filter=None, can_rank=True,
-            likely_certify=True, rankable_filters=None,
+            **common, limited_by="no budget: the estimator stops by its own rule", rows=None, evals=None,
+            samples_per_filter=None, can_rank=None, likely_certify=None, rankable_filters=None,
         )
     limited_by, rows = min(limits.items(), key=lambda item: item[1])
     rows = int(rows)
