@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,22 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from nsl.callback import cost as cost_estimate
 from nsl.callback import data as eval_data
 from nsl.callback.specs import GameSpec, game_options, parse_games
 from nsl.games import EvalData, ModelGame
-from nsl.games.base import model_device
+from nsl.games.base import decomposes, model_device
 from nsl.interactions import SubGame, pairwise_interactions
 from nsl.players import ABLATIONS, FilterPlayers
-from nsl.report import log_result, removal_curve, removal_plot, top_rows, value_histogram, write_csv
+from nsl.report import (
+    RemovalCurve,
+    log_result,
+    removal_curve,
+    removal_plot,
+    top_rows,
+    value_histogram,
+    write_csv,
+)
 from nsl.shapley import ESTIMATORS, LightningCollective, ShapleyResult, discounted
 from nsl.validation import check_bool, check_choice, check_int, check_number
 
@@ -33,8 +44,15 @@ MAX_INTERACTIONS = 12
 ACCUMULATE_WEIGHT = 0.5
 # What the callback hands every estimator; an estimator that does not take one of these simply does not get it
 # (``exact`` has no budget or seed). The user's ``estimator_kwargs`` are always passed, and checked up front.
-COMMON_ESTIMATOR_ARGS = ("top_k", "tail", "seed", "names", "max_evals", "max_seconds", "resume", "progress",
-                         "collective")
+COMMON_ESTIMATOR_ARGS = ("top_k", "tail", "seed", "names", "max_evals", "max_rows", "max_seconds", "resume",
+                         "progress", "collective")
+#: The share of a game's ``max_seconds`` kept for its removal curve and interactions by default.
+CURVE_SHARE = 0.2
+#: What an estimator gets when building the game used up its share of the seconds: v(N), v(∅) and no more.
+MIN_ESTIMATE_SECONDS = 1e-3
+#: The longest one call to a game may take, as a share of the game's ``max_seconds`` (timed by the dry run):
+#: budgets are checked between calls, so this bounds how far an analysis runs past its seconds.
+BATCH_SHARE = 0.05
 
 
 def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +128,11 @@ class NeuronShapley(Callback):
         eval_size: examples of the validation data in the evaluation set (``None``: all).
         data: evaluation data given directly, ``(inputs, targets)`` or ``(inputs, targets, groups)``,
             instead of the validation data.
-        max_evals, max_seconds: budget per game and run; the result says whether it converged first.
+        max_evals, max_rows, max_seconds: budget per game and run; the result says whether it converged first.
+            ``max_evals`` counts full-set evaluations, ``max_rows`` rows through the model ((coalition, example)
+            pairs; it wins over ``max_evals``; given to estimators that take it). ``max_seconds`` bounds each
+            game's whole analysis (building the game, the estimate, the removal curve and interactions) with an
+            overshoot of at most one batch of evaluations; the dry run prints what the budget buys.
         seed: seeds every estimator and game (run r of game g uses its own derived seed).
         estimator_kwargs: further keywords for the estimator (``epsilon``, ``truncation``, ``n_permutations`` ...).
         accumulate: continue sampling from the previous run's statistics instead of starting afresh. A number in
@@ -119,6 +141,9 @@ class NeuronShapley(Callback):
             ``True`` keeps :data:`ACCUMULATE_WEIGHT` (0.5), ``1.0`` all (for a model that no longer changes).
         removal_curve: log the value as top filters are removed, next to random removal (``False`` to skip).
         curve_steps: the removal curve goes up to this many filters (``None``: ``3 · top_k``).
+        curve_share: the share of ``max_seconds`` kept for the removal curve and interactions (the estimate gets
+            the rest, and the curve whatever the estimate leaves); a curve that runs out of time stops early and
+            says how far it got.
         chunk_size: coalitions per forward pass (``None``: games choose from the evaluation batch size).
         save_dir: folder for result files (``None``: ``<trainer.default_root_dir>/neuron_shapley``).
         interactions: also compute the exact pairwise Shapley interaction index among this many top filters
@@ -126,6 +151,7 @@ class NeuronShapley(Callback):
         verbose: print the selected layers and a summary of each run.
         save_checkpoint: after the fit-end analysis save ``<save_dir>/fit_end.ckpt`` (``trainer.save_checkpoint``),
             which holds that analysis in this callback's state: ``ModelCheckpoint`` files are written before it.
+            An analysis that Ctrl-C stopped is saved there too, with its partial result marked interrupted.
 
     Example::
 
@@ -159,11 +185,13 @@ class NeuronShapley(Callback):
         data: Sequence[Tensor] | None = None,
         max_evals: int | None = None,
         max_seconds: float | None = None,
+        max_rows: int | None = None,
         seed: int = 0,
         estimator_kwargs: Mapping[str, Any] | None = None,
         accumulate: bool | float = False,
         removal_curve: bool = True,
         curve_steps: int | None = None,
+        curve_share: float = CURVE_SHARE,
         chunk_size: int | None = None,
         save_dir: str | Path | None = None,
         interactions: int = 0,
@@ -182,11 +210,13 @@ class NeuronShapley(Callback):
         self.eval_size = eval_size
         self.max_evals = max_evals
         self.max_seconds = max_seconds
+        self.max_rows = max_rows
         self.seed = seed
         self.estimator_kwargs = dict(estimator_kwargs or {})
         self.accumulate = accumulate
         self.removal_curve = removal_curve
         self.curve_steps = curve_steps
+        self.curve_share = curve_share
         self.chunk_size = chunk_size
         self.interactions = interactions
         self.verbose = verbose
@@ -204,6 +234,8 @@ class NeuronShapley(Callback):
         self.picked: dict[str, int] = {}  # spec name -> the class a class game picked (frozen for the fit)
         self.dry_run_done = False  # set by dry_run, reset at each fit's setup
         self.skipped: dict[str, str] = {}  # spec name -> why the dry run skipped it (``required: false``)
+        #: spec name -> what the dry run measured and what the budget buys (see :mod:`nsl.callback.cost`)
+        self.cost_estimates: dict[str, dict[str, Any]] = {}
 
     def _validate_init(self) -> None:
         """Every constructor argument, checked before any training starts (like ModelCheckpoint's)."""
@@ -220,9 +252,10 @@ class NeuronShapley(Callback):
         check_bool("save_checkpoint", self.save_checkpoint)
         if not isinstance(self.accumulate, bool):  # else the share of old samples kept
             check_number("accumulate", self.accumulate, low=0, high=1, low_open=True)
-        for name in ("eval_size", "max_evals", "curve_steps", "chunk_size"):
+        for name in ("eval_size", "max_evals", "max_rows", "curve_steps", "chunk_size"):
             check_int(name, getattr(self, name), low=1, optional=True)
         check_number("max_seconds", self.max_seconds, positive=True, optional=True)
+        check_number("curve_share", self.curve_share, low=0, high=1, low_open=True, high_open=True)
         check_int("seed", self.seed)
         check_int("interactions", self.interactions, low=0, high=MAX_INTERACTIONS)
         if self.every_n_epochs is None and not self.at_fit_end:
@@ -231,6 +264,12 @@ class NeuronShapley(Callback):
         if clash:
             raise ValueError(f"estimator_kwargs sets {clash}; set them as the callback's own arguments instead.")
         fn = ESTIMATORS[self.estimator]
+        rows_budgets = [self.max_rows, *(s.max_rows for s in self.specs)]
+        if any(r is not None for r in rows_budgets) and "max_rows" not in _accepted(fn, {"max_rows": None}):
+            raise ValueError(
+                f"max_rows is set, but estimator {self.estimator!r} takes no rows budget: use max_evals or "
+                "max_seconds with it, or an estimator that takes max_rows (tmab)."
+            )
         unknown = sorted(set(self.estimator_kwargs) - set(_accepted(fn, dict.fromkeys(self.estimator_kwargs))))
         if unknown:
             accepted = sorted(set(inspect.signature(fn).parameters) - {"game", *COMMON_ESTIMATOR_ARGS})
@@ -336,8 +375,11 @@ class NeuronShapley(Callback):
                     continue
                 self._check_top_k(spec, len(players))
                 try:
+                    start = time.perf_counter()
                     game = self._build(g, spec, pl_module, players, data, share)
+                    build_seconds = time.perf_counter() - start
                     game(torch.stack([torch.ones(len(players)), torch.zeros(len(players))]).bool())  # v(N), v(∅)
+                    self._estimate_cost(spec, game, players, build_seconds, trainer.world_size)
                 except (ValueError, TypeError) as err:
                     raise type(err)(f"game {spec.name!r} failed its dry run before training: {err}") from err
                 n_outputs = game.num_classes
@@ -346,6 +388,56 @@ class NeuronShapley(Callback):
         if n_outputs is not None:
             self._warn_output_layer(pl_module, players, n_outputs)
         self.dry_run_done = True
+
+    def _estimate_cost(
+        self, spec: GameSpec, game: ModelGame, players: FilterPlayers, build_seconds: float, world_size: int
+    ) -> None:
+        """Time a few evaluations and (coalition, example) rows of ``game`` and work out what the budget buys (see
+        :mod:`nsl.callback.cost`): stored in :attr:`cost_estimates`, printed, and a warning when it cannot rank."""
+        estimator = ESTIMATORS[self.estimator]
+        params = inspect.signature(estimator).parameters
+        per_example = self._samples_examples(game, params)
+        seconds_per_eval = cost_estimate.time_evals(game, seed=self.seed)
+        seconds_per_row = (
+            cost_estimate.time_rows(game, seed=self.seed) if per_example else seconds_per_eval / game.rows_per_eval
+        )
+        max_evals = spec.max_evals or self.max_evals
+        if max_evals is None and "max_evals" in params:  # the estimator's own default (tmab: -1, 200 per filter)
+            default = params["max_evals"].default
+            max_evals = default if isinstance(default, int) else None
+        estimate = cost_estimate.estimate_cost(
+            spec.name, game, players, seconds_per_eval=seconds_per_eval, seconds_per_row=seconds_per_row,
+            build_seconds=build_seconds, sampling="examples" if per_example else "coalitions",
+            budgeted=any(k in params for k in ("max_evals", "max_rows", "max_seconds")),
+            max_rows=spec.max_rows or self.max_rows, max_evals=max_evals,
+            max_seconds=spec.max_seconds or self.max_seconds,
+            estimate_share=1 - self.curve_share if self._post_analysis else 1.0, world_size=world_size,
+        )
+        self.cost_estimates[spec.name] = estimate.as_dict()
+        if self.verbose:
+            rank_zero_info(
+                f"[NeuronShapley] cost estimate for game {spec.name!r} (measured in the dry run, before training):\n  "
+                + "\n  ".join(estimate.lines())
+            )
+        warning = estimate.warning()
+        if warning is not None:
+            rank_zero_warn(warning)
+
+    def _samples_examples(self, game: ModelGame, params: Mapping[str, inspect.Parameter]) -> bool:
+        """Whether the estimator will sample (coalition, example) pairs on ``game``: it takes ``per_example``, the
+        game decomposes over examples, and neither ``per_example=False`` nor a sampler other than tmab's
+        ``"positions"`` (the one that draws pairs) is asked for."""
+        if "per_example" not in params or not decomposes(game):
+            return False
+        if self.estimator_kwargs.get("per_example", params["per_example"].default) is False:
+            return False
+        default = params["sampler"].default if "sampler" in params else "positions"
+        return self.estimator_kwargs.get("sampler", default) == "positions"
+
+    @property
+    def _post_analysis(self) -> bool:
+        """Whether a run does more after the estimate (removal curve, interactions), which gets ``curve_share``."""
+        return bool(self.removal_curve) or self.interactions >= 2
 
     def _build(
         self, g: int, spec: GameSpec, model: L.LightningModule, players: FilterPlayers, data: EvalData,
@@ -387,7 +479,11 @@ class NeuronShapley(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._due(trainer):
             self._last_epoch = trainer.current_epoch
-            self.run(trainer, pl_module, stage="epoch")
+            try:
+                self.run(trainer, pl_module, stage="epoch")
+            except KeyboardInterrupt:  # Ctrl-C ends the fit here: keep what the analysis did in fit_end.ckpt
+                self._save_fit_end(trainer)
+                raise
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -395,8 +491,17 @@ class NeuronShapley(Callback):
         # a ShapleyRepair's) sees this final analysis whatever the order of the callbacks.
         if not self.at_fit_end or trainer.fast_dev_run or trainer.interrupted:
             return
-        self.run(trainer, pl_module, stage="fit_end")
-        if self.save_checkpoint:  # ModelCheckpoint saved before this analysis: keep it in a checkpoint of its own
+        try:
+            self.run(trainer, pl_module, stage="fit_end")
+        except KeyboardInterrupt:  # Lightning stops the process next: save what the analysis did first
+            self._save_fit_end(trainer)
+            raise
+        self._save_fit_end(trainer)
+
+    def _save_fit_end(self, trainer: L.Trainer) -> None:
+        """``<save_dir>/fit_end.ckpt`` with this callback's state (``save_checkpoint``): ModelCheckpoint saved
+        before the analysis, so the analysis gets a checkpoint of its own (call it on every rank)."""
+        if self.save_checkpoint:
             trainer.save_checkpoint(self.output_dir(trainer) / "fit_end.ckpt", weights_only=False)  # with callbacks
 
     def _start(self, trainer: L.Trainer) -> int:
@@ -480,7 +585,8 @@ class NeuronShapley(Callback):
         Every rank computes (call it on all ranks at once), rank 0 logs and writes the files.
         """
         wanted = [self.spec(name).name for name in games] if games is not None else None
-        interrupted = False
+        interrupted: str | None = None  # the game Ctrl-C stopped
+        not_played: list[str] = []
         # The estimators' progress bars show where the Trainer shows its own, on rank zero.
         progress = self.verbose and trainer.is_global_zero and trainer.progress_bar_callback is not None
         with eval_data.preserved_rng():
@@ -492,28 +598,61 @@ class NeuronShapley(Callback):
             for g, spec in enumerate(self.specs):
                 if (wanted is not None and spec.name not in wanted) or spec.name in self.skipped:
                     continue
-                game = self._build(g, spec, pl_module, players, data, share)
-                if self._picks_class(spec) and spec.name not in self.picked:
-                    self._pick(spec.name, int(game.class_index))  # type: ignore[attr-defined]
-                seed = self.seed + 1009 * self.runs + 101 * g
-                top_k = self._check_top_k(spec, len(players))
-                weight = self._accumulate_weight(spec, len(players))
-                result = self._estimate(spec, game, players, top_k, seed, progress, collective, weight)
+                if interrupted is not None:
+                    not_played.append(spec.name)
+                    continue
+                # One clock bounds the game's whole analysis: building it, the estimate, the curve, interactions.
+                clock = _Clock(spec.max_seconds or self.max_seconds, self.curve_share if self._post_analysis else 0.0)
+                result, curve = None, None
+                try:
+                    game = self._build(g, spec, pl_module, players, data, share)
+                    if self._picks_class(spec) and spec.name not in self.picked:
+                        self._pick(spec.name, int(game.class_index))  # type: ignore[attr-defined]
+                    seed = self.seed + 1009 * self.runs + 101 * g
+                    top_k = self._check_top_k(spec, len(players))
+                    weight = self._accumulate_weight(spec, len(players))
+                    result = self._estimate(
+                        spec, game, players, top_k, seed, progress, collective, weight, clock.estimate_seconds()
+                    )
+                    name = self.result_name(spec)
+                    if result.interrupted:
+                        result = _marked_interrupted(result)
+                    curve = self._analyse(spec, game, players, result, top_k, seed, name, clock, progress)
+                except KeyboardInterrupt:  # outside the estimator's sampling, which keeps its samples itself
+                    interrupted = spec.name
+                if result is None:  # Ctrl-C while the game was built: nothing of it to keep
+                    not_played.append(spec.name)
+                    continue
                 name = self.result_name(spec)
-                curve = self._analyse(spec, game, players, result, top_k, seed, name)
                 self.results[name] = result
                 self.history[spec.name].append(self._history_entry(trainer, spec, result, stage, step, name, weight))
                 if curve is not None:
                     self.curves[name] = curve.to_dict()
                 if trainer.is_global_zero:
                     self._report(trainer, spec, result, curve, step, weight)
-                if result.interrupted:  # Ctrl-C: the partial result is kept and saved; let Lightning stop
-                    interrupted = True
-                    break
+                if result.interrupted or (curve is not None and curve.stopped == "interrupted"):
+                    interrupted = spec.name
             self.runs += 1
-        if interrupted:
+        if interrupted is not None:  # Ctrl-C: what was done is kept and saved; let Lightning stop
+            if trainer.is_global_zero:
+                self._say_interrupted(trainer, interrupted, not_played)
             raise KeyboardInterrupt
         return self.results
+
+    def _say_interrupted(self, trainer: L.Trainer, name: str, not_played: list[str]) -> None:
+        """One line after Ctrl-C: where the analysis stopped, what it kept and saved, which games it did not play."""
+        result = self.results.get(name) if name not in not_played else None
+        if result is not None:
+            sampled = int((result.counts > 0).sum())
+            rows = f"{result.n_rows:,} rows = " if getattr(result, "n_rows", None) else ""
+            kept = (
+                f"stopped after {rows}{result.n_evals:,} evaluations with {sampled:,} of {result.n_players:,} "
+                f"filters sampled; its partial result is saved, marked interrupted, in {self.output_dir(trainer)}"
+            )
+        else:
+            kept = "stopped before its estimate began; nothing of it was kept"
+        skipped = f" Not played: {', '.join(repr(n) for n in not_played)}." if not_played else ""
+        rank_zero_info(f"[NeuronShapley] Ctrl-C: game {name!r} {kept}.{skipped}")
 
     def _estimate(
         self,
@@ -525,9 +664,11 @@ class NeuronShapley(Callback):
         progress: bool,
         collective: LightningCollective | None,
         weight: float | None = None,
+        max_seconds: float | None = None,
     ) -> ShapleyResult:
-        """One estimator run on ``game``, with the callback's budget, seed and the game's own tail; with a
-        ``weight`` it resumes from the previous result's statistics, discounted to that share of its samples."""
+        """One estimator run on ``game``, with the callback's budget (``max_seconds``: the estimate's share of the
+        game's seconds), seed and the game's own tail; with a ``weight`` it resumes from the previous result's
+        statistics, discounted to that share of its samples."""
         previous = self.results.get(self.result_name(spec)) if weight is not None else None
         if previous is not None and weight is not None and weight < 1:
             previous = discounted(previous, weight)
@@ -536,7 +677,7 @@ class NeuronShapley(Callback):
             "tail": spec.tail,
             "seed": seed,
             "names": players.names,
-            "max_seconds": spec.max_seconds or self.max_seconds,
+            "max_seconds": max_seconds,
             "resume": previous,
             "progress": progress,
             "collective": collective,
@@ -544,8 +685,29 @@ class NeuronShapley(Callback):
         max_evals = spec.max_evals or self.max_evals
         if max_evals is not None:  # else the estimator's own default budget
             common["max_evals"] = max_evals
+        max_rows = spec.max_rows or self.max_rows
+        if max_rows is not None:  # the estimator takes it (checked in __init__); it wins over max_evals there
+            common["max_rows"] = max_rows
         estimator = ESTIMATORS[self.estimator]
+        batch = self._batch_cap(spec, game, "sample")
+        if batch is not None and "batch_size" not in self.estimator_kwargs:
+            common["batch_size"] = batch
         return estimator(game, **_accepted(estimator, common), **self.estimator_kwargs)
+
+    def _batch_cap(self, spec: GameSpec, game: ModelGame, what: str) -> int | None:
+        """A batch (rows per call when the estimator samples (coalition, example) pairs, else coalitions; ``what=
+        "curve"``: coalitions) that one call to the game finishes within :data:`BATCH_SHARE` of the game's
+        ``max_seconds``, by the dry run's timing; ``None`` when the default batch already does, or nothing limits
+        the seconds."""
+        seconds = spec.max_seconds or self.max_seconds
+        measured = self.cost_estimates.get(spec.name)
+        if seconds is None or measured is None:
+            return None
+        rows = what == "sample" and measured["sampling"] == "examples"
+        per_unit = measured["seconds_per_row"] if rows else measured["seconds_per_eval"]
+        default = int(getattr(game, "max_rows", 1024)) if rows else game.chunk_size
+        cap = int(BATCH_SHARE * seconds / max(per_unit, 1e-12))
+        return None if cap >= default else max(1, cap)
 
     def _accumulate_weight(self, spec: GameSpec, n_players: int) -> float | None:
         """The share of old samples this run resumes from (``None``: a fresh run, nothing to accumulate)."""
@@ -558,20 +720,50 @@ class NeuronShapley(Callback):
 
     def _analyse(
         self, spec: GameSpec, game: ModelGame, players: FilterPlayers, result: ShapleyResult, top_k: int, seed: int,
-        name: str,
-    ) -> Any:
-        """The removal curve (returned) and the interaction heatmap (stored) of a finished run."""
+        name: str, clock: _Clock | None = None, progress: bool = False,
+    ) -> RemovalCurve | None:
+        """The removal curve (returned) and the interaction heatmap (stored) of a finished run, both inside the
+        game's time (``clock``): the curve stops at its deadline and says how far it got, the interactions
+        (exact: 2^n evaluations at once) are skipped when they would not fit in the seconds left."""
         if result.interrupted:
             return None
+        deadline = None if clock is None else clock.deadline
         curve = None
         if self.removal_curve:
             ranking = result.culprits(len(players), negative=False)
-            curve = removal_curve(game, ranking, max_removed=self.curve_steps or 3 * top_k, n_random=3, seed=seed)
+            curve = removal_curve(
+                game, ranking, max_removed=self.curve_steps or 3 * top_k, n_random=3, seed=seed, deadline=deadline,
+                batch_size=self._batch_cap(spec, game, "curve"), progress=progress, desc=f"{name}: removal curve",
+            )
+            if curve.stopped == "budget" and self.verbose:
+                seconds = spec.max_seconds or self.max_seconds
+                rank_zero_info(
+                    f"[NeuronShapley] {name}: the removal curve stopped at {curve.reached} of {curve.planned} filters "
+                    f"removed: the game's max_seconds={seconds:g} ran out (the curve's share: curve_share="
+                    f"{self.curve_share:g}). Raise either, or lower curve_steps, for the whole curve."
+                )
         if self.interactions >= 2:
             top = result.top_k[: self.interactions].tolist()
-            sub = SubGame(game, top, others="present", names=[players.names[i] for i in top])
-            self.interaction_matrices[name] = pairwise_interactions(sub, method="exact")
+            needed = 2 ** len(top) * self._seconds_per_eval(spec, result)
+            left = None if deadline is None else deadline - time.perf_counter()
+            if left is not None and needed > left:
+                if self.verbose:
+                    rank_zero_info(
+                        f"[NeuronShapley] {name}: interactions among the top {len(top)} skipped: their "
+                        f"{2 ** len(top):,} evaluations take about {needed:.1f} s and the game's max_seconds leave "
+                        f"{max(left, 0.0):.1f} s (lower `interactions` or raise max_seconds)."
+                    )
+            else:
+                sub = SubGame(game, top, others="present", names=[players.names[i] for i in top])
+                self.interaction_matrices[name] = pairwise_interactions(sub, method="exact")
         return curve
+
+    def _seconds_per_eval(self, spec: GameSpec, result: ShapleyResult) -> float:
+        """Seconds per full-set evaluation of the game: the dry run's measurement, else this run's average."""
+        measured = self.cost_estimates.get(spec.name, {}).get("seconds_per_eval")
+        if measured is not None:
+            return float(measured)
+        return result.seconds / max(1, result.n_evals)
 
     def _history_entry(
         self, trainer: L.Trainer, spec: GameSpec, result: ShapleyResult, stage: str, step: int, name: str,
@@ -589,6 +781,7 @@ class NeuronShapley(Callback):
             "n_evals": int(result.n_evals),
             "local_evals": int(result.local_evals if result.local_evals is not None else result.n_evals),
             "converged": bool(result.converged),
+            "interrupted": bool(result.interrupted),  # Ctrl-C stopped this run: a partial result
             "full_value": result.full_value,
         }
 
@@ -627,6 +820,37 @@ class NeuronShapley(Callback):
                 f"converged={result.converged}, {result.n_evals} evaluations, {result.seconds:.1f} s, "
                 f"value {result.full_value:.3f}; top: {top}{accumulated}; saved to {out / (name + '.pt')}"
             )
+
+
+class _Clock:
+    """One game's seconds (``None``: no limit), started when its analysis starts: the estimate gets all but
+    ``post_share`` of them, minus what building the game took; the curve and interactions run to the deadline."""
+
+    def __init__(self, seconds: float | None, post_share: float) -> None:
+        self.seconds = seconds
+        self.post_share = post_share
+        self.start = time.perf_counter()
+
+    @property
+    def deadline(self) -> float | None:
+        """The ``time.perf_counter()`` value at which the game's seconds run out."""
+        return None if self.seconds is None else self.start + self.seconds
+
+    def estimate_seconds(self) -> float | None:
+        """Seconds left for the estimate now (at least :data:`MIN_ESTIMATE_SECONDS`: estimators need a positive
+        budget, and with that little they evaluate v(N), v(∅) and stop)."""
+        if self.seconds is None:
+            return None
+        end = self.start + self.seconds * (1 - self.post_share)
+        return max(MIN_ESTIMATE_SECONDS, end - time.perf_counter())
+
+
+def _marked_interrupted(result: ShapleyResult) -> ShapleyResult:
+    """``result`` with its note saying that Ctrl-C stopped it (the note travels to its file, the guarantee
+    sentence and the summary)."""
+    cost = f"{result.n_rows:,} rows" if getattr(result, "n_rows", None) else f"{result.n_evals:,} evaluations"
+    note = f"interrupted by Ctrl-C after {cost}: a partial result"
+    return dataclasses.replace(result, note=f"{note}; {result.note}" if result.note else note)
 
 
 def _validation_source(trainer: L.Trainer) -> Any:

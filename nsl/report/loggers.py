@@ -31,6 +31,7 @@ def result_scalars(prefix: str, result: Any, extra: dict[str, float] | None = No
         "value_sum": float(values.sum()),
         "value_min": float(values.min()),
         "mean_samples": float(result.counts.double().mean()),
+        "interrupted": float(getattr(result, "interrupted", False)),  # a partial result (Ctrl-C) says so
     }
     if result.full_value is not None:
         scalars["full_value"] = float(result.full_value)

@@ -24,12 +24,17 @@ def top_rows(result: ShapleyResult, k: int | None = None, negative: bool = False
 
 
 def write_csv(result: ShapleyResult, path: str | Path) -> Path:
-    """All filters, best first, as CSV (readable without torch or W&B)."""
+    """All filters, best first, as CSV (readable without torch or W&B). A partial result (Ctrl-C stopped it) has
+    one more column, ``interrupted``, true on every row, so the file says so wherever it goes."""
     path = Path(path)
+    rows = top_rows(result)
+    columns = COLUMNS
+    if result.interrupted:
+        columns, rows = [*columns, "interrupted"], [[*row, True] for row in rows]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        writer.writerows(top_rows(result))
+        writer.writerow(columns)
+        writer.writerows(rows)
     return path
 
 

@@ -21,7 +21,14 @@ from torch import Tensor
 from nsl.games.base import Game
 from nsl.games.counting import CountingGame
 from nsl.shapley._common import check_positive_int, default_batch_size
-from nsl.shapley.distributed import Collective, as_collective, check_same, deferred_interrupt, rank_seed
+from nsl.shapley.distributed import (
+    Collective,
+    InterruptFlag,
+    as_collective,
+    check_same,
+    deferred_interrupt,
+    rank_seed,
+)
 from nsl.shapley.result import RunningStats, ShapleyResult, merge_moments
 
 
@@ -179,6 +186,37 @@ class SampleState:
             self.value_high = state["value_high"].clone()
 
 
+class StoppableMeter(CountingGame):
+    """The sampler's meter (a :class:`CountingGame`) that Ctrl-C stops between calls, so no sample is lost.
+
+    While sampling, :func:`sample` sets ``stop`` to its interrupt flag. Once the flag is raised (SIGINT on the main
+    thread) or a KeyboardInterrupt flies out of the game, each call returns NaN, "not evaluated", without
+    evaluating, which the steps already drop like coalitions a deadline cut off: the step in progress ends
+    within one call and keeps the samples of every coalition (and row) it completed; :func:`sample` then reports
+    the interrupt.
+    """
+
+    stop: InterruptFlag | None = None
+
+    def __call__(self, present: Tensor) -> Tensor:
+        return self._unless_stopped(super().__call__, present)
+
+    def example_values(self, present: Tensor, examples: Tensor) -> Tensor:
+        return self._unless_stopped(super().example_values, present, examples)
+
+    def _unless_stopped(self, evaluate: Callable[..., Tensor], present: Tensor, *args: Tensor) -> Tensor:
+        if self.stop is None:
+            return evaluate(present, *args)
+        if not self.stop.raised:
+            try:
+                return evaluate(present, *args)
+            except KeyboardInterrupt:
+                self.stop.set()
+        present = torch.as_tensor(present)
+        rows = present.shape[0] if present.dim() == 2 else 1
+        return torch.full((rows,), float("nan"), dtype=torch.float64)
+
+
 class Sampler(ABC):
     """The base of the samplers: the meter, v(N) and v(∅), per-rank seeds, resumed statistics, the value scale.
 
@@ -204,7 +242,7 @@ class Sampler(ABC):
         check_positive_int("batch_size", batch_size, allow_none=True)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed={seed!r} must be an int.")
-        self.game = CountingGame(game)
+        self.game = StoppableMeter(game)
         self.n_players = self.game.n_players
         self.state = self.new_state()
         if resume is not None:
@@ -368,16 +406,22 @@ def sample(
         return sample_distributed(sampler, budget, next_active, progress=progress, desc=desc, max_steps=max_steps)
     bar = Progress(progress, budget.max_evals, desc)
     try:
-        while (active := next_active()) is not None and not budget.exhausted(sampler.game.n_evals):
-            left = budget.evals_left(sampler.game.n_evals)
-            if sampler.run_step(active, evals_left=left, deadline=budget.deadline) == 0 and left is not None:
-                break  # what is left of the budget is too little for one more sample
-            bar.update(sampler.game.n_evals, int(active.sum()), budget.seconds_left)
-    except KeyboardInterrupt:
+        # Ctrl-C raises a flag that stops the meter (see StoppableMeter): the step in progress keeps its samples.
+        with deferred_interrupt() as flag:
+            sampler.game.stop = flag
+            while not flag.raised and (active := next_active()) is not None and not budget.exhausted(
+                sampler.game.n_evals
+            ):
+                left = budget.evals_left(sampler.game.n_evals)
+                if sampler.run_step(active, evals_left=left, deadline=budget.deadline) == 0 and left is not None:
+                    break  # what is left of the budget is too little for one more sample
+                bar.update(sampler.game.n_evals, int(active.sum()), budget.seconds_left)
+    except KeyboardInterrupt:  # off the main thread, outside a game call: the step in progress is dropped
         return True
     finally:
+        sampler.game.stop = None
         bar.close()
-    return False
+    return flag.raised
 
 
 def sample_distributed(
@@ -406,6 +450,7 @@ def sample_distributed(
     stalled = False
     try:
         with deferred_interrupt() as flag:
+            sampler.game.stop = flag  # Ctrl-C ends this rank's step early, keeping its samples (StoppableMeter)
             while (active := next_active()) is not None and not interrupted:
                 if budget.exhausted(sampler.total_evals, seconds) or stalled:
                     break
@@ -435,6 +480,7 @@ def sample_distributed(
                 stalled = budget.max_evals is not None and sampler.total_evals == before
                 bar.update(sampler.total_evals, int(active.sum()), budget.seconds_left)
     finally:
+        sampler.game.stop = None
         bar.close()
     return interrupted
 
