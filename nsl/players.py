@@ -9,6 +9,7 @@ always removed again, so the model is left exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fnmatch
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,32 @@ def _out_channels(module: nn.Module) -> int:
     return module.out_features  # nn.Linear
 
 
+def _closest_layers(pattern: str, available: list[str], hits: list[str]) -> str:
+    """What to type instead of a layer pattern that selects nothing: the pattern under the prefix the names
+    start with (``net.`` + ``layer4.*conv*``), without a prefix they lack, the layers inside a container it
+    matched, else the names most like it; then the available layers."""
+    def matching(candidate: str) -> list[str]:
+        return [n for n in available if fnmatch.fnmatchcase(n, candidate)]
+
+    candidates = [f"{hit}.*" for hit in hits]  # a container (a block, a Sequential): the layers inside it
+    prefixes = sorted(  # a prefix the module names have and the pattern lacks: "net." before "layer4.*conv*"
+        {name[: i + 1] for name in available for i, c in enumerate(name)
+         if c == "." and fnmatch.fnmatchcase(name[i + 1:], pattern)}, key=len
+    )
+    candidates += [prefixes[0] + pattern, f"*.{pattern}"] if len(prefixes) > 1 else [p + pattern for p in prefixes]
+    if not candidates:  # a prefix the pattern has and the module names lack: "model." before "net.layer4"
+        parts = pattern.split(".")
+        candidates = [".".join(parts[i:]) for i in range(1, len(parts)) if not parts[i].startswith(("*", "?", "["))]
+    found = [(c, m) for c in dict.fromkeys(candidates) if (m := matching(c))][:3]
+    more = " ..." if len(available) > 6 else ""
+    listed = f"available layers include {available[:6]}{more} ({len(available)} in all)."
+    if found:
+        means = " or ".join(f"{c!r} (matches {len(m)}: {m[:4]}{' ...' if len(m) > 4 else ''})" for c, m in found)
+        return f"did you mean {means}? Names are full module paths, as model.named_modules() gives them; {listed}"
+    close = difflib.get_close_matches(pattern, available, n=4, cutoff=0.5)
+    return (f"the closest layer names are {close}; " if close else "") + listed
+
+
 def _select(model: nn.Module, layers: str | Sequence[str] | None) -> list[tuple[str, nn.Module]]:
     """Modules chosen by glob patterns over ``named_modules()`` names, in module order."""
     named = [(n, m) for n, m in model.named_modules() if n]
@@ -78,10 +105,7 @@ def _select(model: nn.Module, layers: str | Sequence[str] | None) -> list[tuple[
                 if hits
                 else "matches no module"
             )
-            raise ValueError(
-                f"layer pattern {pattern!r} {what}; available layers include {available[:6]}"
-                f"{' ...' if len(available) > 6 else ''} ({len(available)} in all)."
-            )
+            raise ValueError(f"layer pattern {pattern!r} {what}; {_closest_layers(pattern, available, hits)}")
         chosen_names.update(usable)
     return [(n, m) for n, m in candidates if n in chosen_names]
 

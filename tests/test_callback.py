@@ -47,7 +47,7 @@ def test_fit_runs_games_on_schedule_and_saves_results(tmp_path: Path) -> None:
     saved = ShapleyResult.load(tmp_path / "neuron_shapley" / "accuracy.pt")
     assert torch.equal(saved.values, result.values) and saved.names == result.names
     csv_rows = (tmp_path / "neuron_shapley" / "class_3.csv").read_text().splitlines()
-    assert csv_rows[0] == "rank,filter,layer,value,stderr,samples" and len(csv_rows) == 25
+    assert csv_rows[0] == "rank,filter,layer,value,stderr,samples,status" and len(csv_rows) == 25
     assert set(cb.curves) == {"accuracy", "class_3"}
     assert cb.curves["accuracy"]["removed"] == list(range(6))
 

@@ -92,11 +92,14 @@ def test_train_runs_end_to_end_in_process(
         assert (out / f"{game}.pt").exists() and (out / f"{game}.csv").exists()
     report = (out / "repair.md").read_text()
     assert "| metric | before | after | change |" in report
-    # The repair of the fairness game checked itself: kept (weights written) or rolled back (none), and said so.
-    outcomes = ("[ShapleyRepair] kept", "[ShapleyRepair] rolled back")
+    # The repair of the fairness game checked itself: kept (weights written), rolled back (none) or unchanged (no
+    # filter to prune: nothing to roll back), and said so.
+    outcomes = ("[ShapleyRepair] kept", "[ShapleyRepair] rolled back", "[ShapleyRepair] unchanged")
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(outcomes)]
-    outcome = "kept" if line.startswith("[ShapleyRepair] kept: fairness improved") else "rolled back"
-    assert line.startswith(f"[ShapleyRepair] {outcome}: ") and f"Outcome: {outcome}: " in report
+    outcome = next(o for o in ("kept", "rolled back", "unchanged") if line.startswith(f"[ShapleyRepair] {o}: "))
+    assert outcome != "kept" or line.startswith("[ShapleyRepair] kept: fairness improved")
+    assert outcome != "unchanged" or line.startswith("[ShapleyRepair] unchanged: nothing to repair: ")
+    assert f"Outcome: {outcome}: " in report
     assert (out / "repaired_model.pt").exists() == (outcome == "kept")
     assert (str(out / "repaired_model.pt") in line) == (outcome == "kept")
     (csv_file,) = tmp_path.rglob("metrics.csv")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -117,11 +118,12 @@ def check_data(data: EvalData) -> None:
             )
 
 
-def collect(batches: Iterable[Any], size: int | None, groups: Any = None) -> EvalData:
+def collect(batches: Iterable[Any], size: int | None, groups: Any = None, option: str | None = "eval_size") -> EvalData:
     """The first ``size`` examples (all when ``None``) of ``batches``, detached, on the CPU.
 
     When the batches carry no groups, ``groups`` (a tensor aligned with the batches, e.g. a datamodule's
-    ``val_groups``) gives them.
+    ``val_groups``) gives them. When the batches run out before ``size`` examples, a warning names ``option``
+    (the argument that asked for ``size``) and how many examples there were; ``option=None``: no warning.
     """
     xs, ys, gs = [], [], []
     seen = 0
@@ -139,6 +141,11 @@ def collect(batches: Iterable[Any], size: int | None, groups: Any = None) -> Eva
         raise ValueError(
             f"the evaluation data is empty: the validation dataloader yielded no batches. Give the Trainer "
             f"validation data with at least one batch, or {DATA_HINT}."
+        )
+    if option is not None and size is not None and seen < size:
+        rank_zero_warn(
+            f"NeuronShapley: {option}={size} but the validation data holds only {seen} examples, so the analysis "
+            f"uses all {seen}. Set {option}={seen} (or less) to silence this warning, or give more validation data."
         )
     inputs, targets = torch.cat(xs)[:size], torch.cat(ys)[:size]
     if len(gs) == len(xs):
@@ -177,6 +184,6 @@ def from_tensors(data: Sequence[Tensor], size: int | None) -> EvalData:
         )
     if data[1].numel() == 0:
         raise ValueError(f"data= is empty: it holds a {_describe(data)}; give at least one example.")
-    result = collect([tuple(data)], size)
+    result = collect([tuple(data)], size, option=None)  # the user chose these examples: eval_size only caps them
     check_data(result)
     return result

@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import lightning as L
@@ -22,6 +23,7 @@ from typing_extensions import override
 from nsl.callback import cost as cost_estimate
 from nsl.callback import data as eval_data
 from nsl.callback.specs import GameSpec, game_options, parse_games
+from nsl.callback.view import AnalysisView
 from nsl.games import EvalData, ModelGame
 from nsl.games.base import decomposes, model_device
 from nsl.interactions import SubGame, pairwise_interactions
@@ -573,6 +575,24 @@ class NeuronShapley(Callback):
             self._eval = data
         return self._eval
 
+    def view(self, trainer: L.Trainer, model: L.LightningModule) -> AnalysisView:
+        """A read-only view of this analysis as it stands now (games, latest results, players of ``model``,
+        evaluation data once drawn): what a :class:`~nsl.callback.ShapleyRepair` reads."""
+        return AnalysisView(
+            specs=tuple(self.specs),
+            skipped=MappingProxyType(dict(self.skipped)),
+            results=MappingProxyType(dict(self.results)),
+            result_names=MappingProxyType({s.name: self.result_name(s) for s in self.specs}),
+            picked=MappingProxyType(dict(self.picked)),
+            seed=self.seed,
+            output_dir=self.output_dir(trainer),
+            evaluation_data=self._eval,
+            dry_run_done=self.dry_run_done,
+            model=model,
+            layers=self.layers,
+            ablation=self.ablation,
+        )
+
     def run(
         self,
         trainer: L.Trainer,
@@ -729,7 +749,7 @@ class NeuronShapley(Callback):
             return None
         deadline = None if clock is None else clock.deadline
         curve = None
-        if self.removal_curve:
+        if self.removal_curve and result.n_ranked > 0:  # no curve of filters that have no ranking yet
             ranking = result.culprits(len(players), negative=False)
             curve = removal_curve(
                 game, ranking, max_removed=self.curve_steps or 3 * top_k, n_random=3, seed=seed, deadline=deadline,
@@ -742,7 +762,7 @@ class NeuronShapley(Callback):
                     f"removed: the game's max_seconds={seconds:g} ran out (the curve's share: curve_share="
                     f"{self.curve_share:g}). Raise either, or lower curve_steps, for the whole curve."
                 )
-        if self.interactions >= 2:
+        if self.interactions >= 2 and result.n_ranked >= 2:  # among ranked filters only
             top = result.top_k[: self.interactions].tolist()
             needed = 2 ** len(top) * self._seconds_per_eval(spec, result)
             left = None if deadline is None else deadline - time.perf_counter()
@@ -809,7 +829,11 @@ class NeuronShapley(Callback):
             figures["interactions"] = matrix.plot(title=f"{name}: pairwise interactions among the top filters")
         log_result(trainer.loggers, name, result, rows, step, figures=figures)
         if self.verbose:
-            top = ", ".join(f"{r[1]} ({r[3]:+.4f})" for r in rows[:5])
+            top = "top: " + ", ".join(f"{r[1]} ({r[3]:+.4f})" for r in rows[:5])
+            if not rows:  # no filter has the samples a ranking needs: say so, and what would rank them
+                top = f"{result.rank_note('filters')}; raise max_evals or max_seconds, or select fewer layers"
+            elif result.n_ranked < result.n_players:
+                top += f" [{result.rank_note('filters')}]"
             picked = (
                 f" (class {self.picked[spec.name]}: the class the model got most wrong at its first analysis)"
                 if spec.name in self.picked else ""
@@ -818,8 +842,13 @@ class NeuronShapley(Callback):
             rank_zero_info(
                 f"[NeuronShapley] {name}{picked} @ epoch {trainer.current_epoch}: {self.estimator} "
                 f"converged={result.converged}, {result.n_evals} evaluations, {result.seconds:.1f} s, "
-                f"value {result.full_value:.3f}; top: {top}{accumulated}; saved to {out / (name + '.pt')}"
+                f"value {_number(result.full_value)}; {top}{accumulated}; saved to {out / (name + '.pt')}"
             )
+
+
+def _number(value: float | None) -> str:
+    """A value for the summary line (``?`` when it was not evaluated)."""
+    return "?" if value is None else f"{value:.3f}"
 
 
 class _Clock:

@@ -3,7 +3,8 @@
 Every metric of the report is measured on held-out data (the datamodule's test split when it has one) before
 and after the repair, so the report does not reuse the analysis data. The repair checks itself on those
 numbers: it is kept only when its target game improved and accuracy did not fall by more than a tolerance;
-otherwise the model is rolled back to its pre-repair weights.
+otherwise the model is rolled back to its pre-repair weights. It never acts on a filter the analysis has not
+sampled enough to rank, and a repair that finds nothing to do says why (outcome "unchanged").
 """
 
 from __future__ import annotations
@@ -26,17 +27,20 @@ from typing_extensions import override
 from nsl.callback import data as eval_data
 from nsl.callback.neuron_shapley import NeuronShapley
 from nsl.callback.specs import GameSpec
+from nsl.callback.view import AnalysisView
 from nsl.games import AccuracyGame, EvalData, ModelGame
 from nsl.players import FilterPlayers, preserve_mode
-from nsl.repair import REPAIRS, FilterDropout, GuidedDropout, PruneCulprits, RepairMethod
+from nsl.repair import REPAIRS, FilterDropout, RepairMethod
+from nsl.repair.methods import RepairAction, RepairContext
 from nsl.repair.plan import PLAN_KEY, plan_path, pruning_plan, save_pruned
-from nsl.repair.snapshot import ModuleSnapshot
 from nsl.report import log_scalars, log_table, markdown
+from nsl.shapley import ShapleyResult
+from nsl.shapley.result import MIN_RANK_SAMPLES
 from nsl.validation import check_bool, check_int, check_number
 
 REPORT_COLUMNS = ["metric", "before", "after", "change"]
 OUTCOME_COLUMNS = ["outcome", "reason", "weights"]
-OUTCOMES = ("kept", "rolled back", "reported only")
+OUTCOMES = ("kept", "rolled back", "reported only", "unchanged")
 MODEL_FILE = "repaired_model.pt"
 REPORT_SEED = 7919  # offset of the report games' seeds from the analysis seed: other attack targets and starts
 
@@ -55,6 +59,17 @@ class ShapleyRepair(Callback):
       model as it is when the fine-tuning starts (the ``NeuronShapley`` is asked to play that one game then,
       unless it just did). The fine-tuning is ordinary training of the same fit: same optimizer, loggers,
       checkpoints and DDP strategy.
+
+    A method of your own is a :class:`~nsl.repair.RepairMethod` with a ``repair(context)`` hook, registered in
+    :data:`nsl.repair.REPAIRS`: this callback calls the hook at fit end (or when its ``finetune_epochs`` start)
+    and checks, reports and undoes the :class:`~nsl.repair.RepairAction` it returns. It reads the analysis
+    through :meth:`NeuronShapley.view <nsl.callback.NeuronShapley.view>`, a read-only
+    :class:`~nsl.callback.view.AnalysisView`.
+
+    **Only ranked filters are acted on**, whatever the method's options (``only_signed=False`` too): a filter
+    needs ``min_samples`` marginal samples (and the result's own ``min_rank_samples``; exact values always
+    count). When the analysis ranks no filter, or the method finds none to act on (no culprit clears ``z``
+    standard errors), the outcome is **unchanged** and the reason says why ("nothing to repair: ...").
 
     Before and after are measured on held-out data, every game of the ``NeuronShapley`` plus overall
     accuracy; the table is printed, logged (``repair/report``) and written to ``repair.md`` next to the
@@ -97,6 +112,8 @@ class ShapleyRepair(Callback):
             changes are mostly noise while larger ones are real costs. ``None``: do not check accuracy.
         heldout_size: held-out examples for the before/after report and the check.
         shapley: the analysis to read; ``None``: the one ``NeuronShapley`` among the trainer's callbacks.
+        min_samples: the fewest marginal samples behind a filter's value for the repair to act on that filter
+            (at least 2, what a standard error needs; the result's ``min_rank_samples`` if that is higher).
         **options: the method's options, e.g. ``k=5, physical=True`` for ``prune``, ``p=0.1, epochs=2`` for
             ``guided_dropout``.
 
@@ -129,6 +146,7 @@ class ShapleyRepair(Callback):
         max_accuracy_drop: float | None = 0.01,
         heldout_size: int = 1000,
         shapley: NeuronShapley | None = None,
+        min_samples: int = MIN_RANK_SAMPLES,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -148,6 +166,7 @@ class ShapleyRepair(Callback):
         check_number("min_improvement", min_improvement, optional=True)
         check_number("max_accuracy_drop", max_accuracy_drop, low=0, high=1, optional=True)
         check_int("heldout_size", heldout_size, low=1)
+        check_int("min_samples", min_samples, low=MIN_RANK_SAMPLES)  # below 2 there is no standard error
         if shapley is not None and not isinstance(shapley, NeuronShapley):
             raise ValueError(f"shapley={shapley!r} is not accepted; use a NeuronShapley or None.")
         self.game = game
@@ -155,10 +174,11 @@ class ShapleyRepair(Callback):
         self.min_improvement = min_improvement
         self.max_accuracy_drop = max_accuracy_drop
         self.heldout_size = heldout_size
+        self.min_samples = min_samples
         self.shapley = shapley
         self.report: list[dict[str, Any]] | None = None
         self.description = ""
-        #: "kept", "rolled back" or "reported only" once the repair ran (None before).
+        #: "kept", "rolled back", "reported only" or "unchanged" once the repair ran (None before).
         self.outcome: str | None = None
         #: Why, with the numbers the check compared.
         self.reason = ""
@@ -172,14 +192,14 @@ class ShapleyRepair(Callback):
         self._source = ""
         self._restore: dict[str, Tensor] | None = None  # weights from before a fine-tuning, for a roll-back
         self._revert: Callable[[], None] | None = None  # undoes a kept repair
-        self._probabilities: Tensor | None = None
-        self._dropout: FilterDropout | None = None
-        self._resume_dropout: dict[str, Any] | None = None  # a checkpointed dropout stream, to continue
+        self._action: RepairAction | None = None  # what the method did (a fine-tuning: once it started)
+        self._resume_state: dict[str, Any] | None = None  # a checkpointed state, to continue a fine-tuning from
 
     @property
     def dropout(self) -> FilterDropout | None:
         """The filter dropout of a fine-tuning repair once it started (its ``dropped_fraction``, ``hooked``)."""
-        return self._dropout
+        callback = self._action.callback if self._action is not None else None
+        return callback if isinstance(callback, FilterDropout) else None
 
     @property
     def name(self) -> str:
@@ -196,6 +216,7 @@ class ShapleyRepair(Callback):
         if stage != TrainerFn.FITTING:
             return
         self.outcome, self.reason, self.model_path, self.undone, self._revert = None, "", None, False, None
+        self._action, self._before, self._restore, self._games = None, None, None, None
         if self.shapley is None:
             found = [cb for cb in trainer.callbacks if isinstance(cb, NeuronShapley)]
             if len(found) != 1:
@@ -204,7 +225,8 @@ class ShapleyRepair(Callback):
                     "shapley= to choose one."
                 )
             self.shapley = found[0]
-        self._spec = self._choose_game(self.shapley)
+        view = self.shapley.view(trainer, pl_module)
+        self._spec = self._choose_game(view)
         epochs = self.method.finetune_epochs
         if epochs:
             max_epochs = trainer.max_epochs
@@ -213,69 +235,124 @@ class ShapleyRepair(Callback):
                     f"repair {self.name!r} fine-tunes the last epochs={epochs} epochs of the fit, so "
                     f"trainer.max_epochs={max_epochs} must be larger."
                 )
-            self.shapley.players(pl_module)  # bad layer patterns fail now, not at fine-tuning
+            view.players  # noqa: B018  # bad layer patterns fail now, not at fine-tuning
 
-    def _choose_game(self, shapley: NeuronShapley) -> GameSpec:
+    def _choose_game(self, view: AnalysisView) -> GameSpec:
         """The game named by ``game``, else the first played game of the kind the method targets (a game the
         analysis skipped before training, such as fairness on data without groups, is never chosen)."""
         if self.game is not None:
-            if self.game in shapley.skipped:
+            if self.game in view.skipped:
                 raise MisconfigurationException(
                     f"ShapleyRepair game={self.game!r} was skipped by the analysis before training "
-                    f"({shapley.skipped[self.game]}); choose one of the played games "
-                    f"{[s.name for s in shapley.specs if s.name not in shapley.skipped]}."
+                    f"({view.skipped[self.game]}); choose one of the played games {[s.name for s in view.played]}."
                 )
-            return shapley.spec(self.game)
-        played = [s for s in shapley.specs if s.name not in shapley.skipped]
+            return view.spec(self.game)
+        played = view.played
         wanted = self.method.targets_defects
         return next((s for s in played if s.game_class.measures_defect == wanted), played[0])
 
-    # ----------------------------------------------------------------------------------------- fine-tuning
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert self.shapley is not None
+        if not self.shapley.view(trainer, pl_module).dry_run_done:  # this callback came first: check games now
+            self.shapley.dry_run(trainer, pl_module)
+        view = self.shapley.view(trainer, pl_module)
+        self._spec = self._choose_game(view)  # again, now that skipped games are known
+        state, self._resume_state = self._resume_state, None
+        if state is None or self._action is not None or not self.method.finetune_epochs:
+            return
+        if state.get("refused"):  # the fine-tuning was refused before the checkpoint: still nothing to do
+            self._action = RepairAction.unchanged(state["refused"])
+            return
+        method_state = {k: v for k, v in state.items() if k not in _OWN_STATE}
+        if all(v is None for v in method_state.values()):  # checkpointed before the fine-tuning started
+            return
+        self._action = self.method.resume(self._context(trainer, pl_module, view, None), method_state)
+        # The held-out games are rebuilt from the model as it is now; "before" comes from the checkpoint.
+        with eval_data.preserved_rng():
+            data, _ = self._heldout_data(trainer, view)
+            self._games = report_games(list(view.specs), pl_module, data.to(pl_module.device),
+                                       view.seed + REPORT_SEED, view.picked)
+
+    # ----------------------------------------------------------------------------------------- acting
+    def _context(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, view: AnalysisView, result: ShapleyResult | None
+    ) -> RepairContext:
+        assert self._spec is not None
+        example = next(iter(self._games.values())).inputs[:2] if self._games else None
+        return RepairContext(
+            model=pl_module, players=view.players, result=result, game=self._spec.name, negative=self._negative(),
+            seed=view.seed, trainer=trainer, example_inputs=example,
+        )
+
+    def _act(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, view: AnalysisView, result: ShapleyResult
+    ) -> RepairAction:
+        """Measure "before", then let the method act: never on a filter with fewer than ``min_samples`` samples.
+
+        An analysis that ranks no filter yet is refused before the method is asked (nothing is measured); an
+        action on a filter without enough samples is undone and refused, whatever the method's options.
+        """
+        assert self._spec is not None
+        if self.min_samples > result.min_rank_samples:
+            result = dataclasses.replace(result, min_rank_samples=self.min_samples)
+        if result.n_ranked == 0:
+            return RepairAction.unchanged(
+                f"the analysis of {self._spec.name!r} cannot rank its filters yet: {result.rank_note('filters')}. "
+                "Give it a larger budget (max_evals, max_seconds) or fewer layers"
+            )
+        self._measure_before(trainer, pl_module, view)
+        action = self.method.repair(self._context(trainer, pl_module, view, result))
+        ranked = result.ranked.cpu()
+        unranked = [i for i in action.filters.cpu().tolist() if not ranked[i]] if action.changed else []
+        if unranked:
+            if action.revert is not None:
+                action.revert()
+            if action.callback is not None:
+                action.callback.teardown(trainer, pl_module, TrainerFn.FITTING)
+            names = [view.players.names[i] for i in unranked[:3]]
+            return RepairAction.unchanged(
+                f"{self.name} chose {len(unranked)} filters with fewer than {result.min_rank_samples} samples "
+                f"({names}{' ...' if len(unranked) > 3 else ''}), and a filter without enough samples is never "
+                "acted on; its change was undone", warn=True,
+            )
+        return action
+
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not isinstance(self.method, GuidedDropout) or self._dropout is not None:
-            return
-        if trainer.current_epoch < trainer.max_epochs - self.method.epochs:
+        epochs = self.method.finetune_epochs
+        if not epochs or self._action is not None or trainer.current_epoch < trainer.max_epochs - epochs:
             return
         assert self.shapley is not None and self._spec is not None
         result = self.shapley.current_result(trainer, pl_module, self._spec.name, stage="repair")
-        self._measure_before(trainer, pl_module)
-        self._probabilities = self.method.probabilities(result, self._negative()).double()
-        self._start_dropout(trainer, pl_module)
-        self.description = (
-            f"fine-tuned the last {self.method.epochs} epochs with {self.method.mode} filter dropout guided by "
-            f"{self._spec.name} (mean p={self.method.p})"
-        )
-
-    def _start_dropout(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        assert self.shapley is not None and self._probabilities is not None
-        layers = [layer.name for layer in self.shapley.players(pl_module).layers]
-        self._dropout = FilterDropout(self._probabilities, layers=layers, seed=self.shapley.seed)
-        self._dropout.setup(trainer, pl_module, TrainerFn.FITTING)
+        self._action = self._act(trainer, pl_module, self.shapley.view(trainer, pl_module), result)
+        self.description = self._action.description
+        if not self._action.changed:
+            _say(self._action, f"[ShapleyRepair] {self.name}: no fine-tuning: {self._action.description}.")
 
     @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._dropout is not None:
-            self._dropout.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if self._action is not None and self._action.callback is not None:
+            self._action.callback.on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._dropout is not None:
-            self._dropout.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._action is not None and self._action.callback is not None:
+            self._action.callback.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if self._dropout is not None:
-            self._dropout.on_exception(trainer, pl_module, exception)
+        if self._action is not None and self._action.callback is not None:
+            self._action.callback.on_exception(trainer, pl_module, exception)
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._dropout is not None:
-            self._dropout.teardown(trainer, pl_module, stage)
+        if self._action is not None and self._action.callback is not None:
+            self._action.callback.teardown(trainer, pl_module, stage)
 
     # ----------------------------------------------------------------------------------------- fit end
     @override
@@ -283,34 +360,22 @@ class ShapleyRepair(Callback):
         if trainer.fast_dev_run or trainer.interrupted:
             return
         assert self.shapley is not None and self._spec is not None
-        revert: Callable[[], Any] | None = None
-        changed = True
-        if isinstance(self.method, PruneCulprits):
-            result = self.shapley.results.get(self._spec.name)
+        view = self.shapley.view(trainer, pl_module)
+        if not self.method.finetune_epochs:
+            result = view.result(self._spec.name)
             if result is None:
                 rank_zero_warn(f"ShapleyRepair: no analysis of {self._spec.name!r} to repair with; nothing done.")
                 return
-            self._measure_before(trainer, pl_module)
-            players = self.shapley.players(pl_module)
-            culprits = self.method.culprits(result, self._negative())
-            if len(culprits) == 0:
-                rank_zero_info(f"[ShapleyRepair] no filter of {self._spec.name!r} has a harmful value.")
-                self.description = f"pruned 0 filters ({self._spec.name})"
-                changed = False
-            else:
-                try:
-                    revert = self._prune(pl_module, players, culprits)
-                except ValueError as err:  # a physical removal Torch-Pruning cannot do; the model is untouched
-                    if not self.method.physical:
-                        raise
-                    self.description = (
-                        f"physical removal of {len(culprits)} culprits of {self._spec.name} refused: {err}"
-                    )
-                    rank_zero_warn(f"ShapleyRepair: {self.description}")
-                    changed = False
-        elif self._before is None:  # a fine-tuning repair that never started (the fit ended early)
+            self._action = self._act(trainer, pl_module, view, result)
+            self.description = self._action.description
+        elif self._action is None:  # a fine-tuning repair that never started (the fit ended early)
             return
-        else:
+        action = self._action
+        if not action.changed:
+            self._unchanged(trainer, pl_module, view, action)
+            return
+        revert = action.revert
+        if self.method.finetune_epochs:
             restore = self._restore
             if restore is None:
                 raise RuntimeError(
@@ -321,7 +386,7 @@ class ShapleyRepair(Callback):
             def revert() -> None:  # the weights from before the fine-tuning
                 pl_module.load_state_dict(restore)
         after = {label: model_value(game) for label, game in (self._games or {}).items()}
-        keep, why = self._check(after, changed)
+        keep, why = self._check(after)
         if trainer.world_size > 1:  # every rank keeps or rolls back alike (rank 0 decides)
             keep, why = trainer.strategy.broadcast((keep, why), src=0)
         if not self.apply:
@@ -335,27 +400,22 @@ class ShapleyRepair(Callback):
             self._revert = revert
         elif revert is not None:
             revert()
-        self._write_report(trainer, pl_module, after)
+        self._write_report(trainer, pl_module, view, after)
 
-    def _prune(self, pl_module: L.LightningModule, players: FilterPlayers, culprits: Tensor) -> Callable[[], None]:
-        """Prune the culprits; returns what restores the model as it was before (shapes too, for physical)."""
-        assert isinstance(self.method, PruneCulprits) and self._spec is not None
-        names = [players.names[i] for i in culprits.tolist()]
-        if self.method.physical:
-            snapshot = ModuleSnapshot(pl_module)
-            assert self._games is not None
-            example = next(iter(self._games.values())).inputs[:2]
-            handle = self.method.apply(pl_module, players, culprits, example_inputs=example)
-            self.description = (
-                f"physically removed {len(culprits)} culprits of {self._spec.name}: {names} "
-                f"(parameters {handle.params_before} -> {handle.params_after})"
-            )
-            return snapshot.restore
-        handle = self.method.apply(pl_module, players, culprits)
-        self.description = f"pruned {len(culprits)} culprits of {self._spec.name}: {names}"
-        return handle.undo
+    def _unchanged(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, view: AnalysisView, action: RepairAction
+    ) -> None:
+        """Outcome "unchanged": the repair did nothing, and the reason says why (not a roll-back)."""
+        if self._before is None or self.method.finetune_epochs:  # measure the model as it is now
+            self._measure_before(trainer, pl_module, view)
+        assert self._before is not None and self._spec is not None
+        self.outcome = "unchanged"
+        self.reason = f"nothing to repair: {action.description}"
+        self.description = f"nothing done ({self.name} on {self._spec.name})"
+        _say(action, f"ShapleyRepair: {action.description}")
+        self._write_report(trainer, pl_module, view, dict(self._before))
 
-    def _check(self, after: dict[str, float], changed: bool) -> tuple[bool, str]:
+    def _check(self, after: dict[str, float]) -> tuple[bool, str]:
         """Keep the repair? With the reason, naming the numbers compared (held-out, before -> after)."""
         assert self._spec is not None
         before = self._before or {}
@@ -363,10 +423,7 @@ class ShapleyRepair(Callback):
         higher = self._spec.game_class.negative_culprits  # a good value (culprits negative): higher is better
         reasons: list[str] = []
         keep = True
-        if not changed:
-            keep = False
-            reasons.append(f"nothing was repaired ({self.description}), so the model stays as it was")
-        elif self.min_improvement is not None:
+        if self.min_improvement is not None:
             if label not in after:
                 keep = False
                 reasons.append(f"{label} could not be measured on the held-out data ({self._source})")
@@ -382,7 +439,7 @@ class ShapleyRepair(Callback):
                         f"{label} did not improve by more than min_improvement={self.min_improvement}: "
                         f"{b:.4f} -> {a:.4f} ({way} is better)"
                     )
-        if changed and self.max_accuracy_drop is not None and "accuracy" in after:
+        if self.max_accuracy_drop is not None and "accuracy" in after:
             b, a = before["accuracy"], after["accuracy"]
             if b - a > self.max_accuracy_drop:
                 keep = False
@@ -403,8 +460,8 @@ class ShapleyRepair(Callback):
 
         Zero-pruning writes the pruned rows back bit for bit; physical pruning and fine-tuning restore the
         saved pre-repair tensors (shapes and layer sizes too) into the same module objects. After
-        ``"rolled back"`` or ``"reported only"`` the model already is the pre-repair one, so this does nothing;
-        a second call does nothing either. ``repaired_model.pt`` stays where it is.
+        ``"rolled back"``, ``"reported only"`` or ``"unchanged"`` the model already is the pre-repair one, so this
+        does nothing; a second call does nothing either. ``repaired_model.pt`` stays where it is.
         """
         if self.outcome is None:
             raise RuntimeError("ShapleyRepair.undo(): nothing to undo, the repair has not run yet (outcome=None).")
@@ -416,22 +473,22 @@ class ShapleyRepair(Callback):
         rank_zero_info(f"[ShapleyRepair] undone: the model is back to its weights before the repair ({self.name}).")
 
     def _negative(self) -> bool:
+        """The end of the ranking that holds the culprits: the method's ``negative`` option, else the game's."""
         assert self._spec is not None
-        negative = self.method.negative
+        negative = getattr(self.method, "negative", None)
         return self._spec.negative_culprits if negative is None else negative
 
-    def _measure_before(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _measure_before(self, trainer: L.Trainer, pl_module: L.LightningModule, view: AnalysisView) -> None:
         """Build the held-out games (adversarial examples made against the unrepaired model) and measure."""
-        assert self.shapley is not None
         with eval_data.preserved_rng():
-            data, self._source = self._heldout_data(trainer)
-            self._games = report_games(self.shapley.specs, pl_module, data.to(pl_module.device),
-                                       self.shapley.seed + REPORT_SEED, self.shapley.picked)
+            data, self._source = self._heldout_data(trainer, view)
+            self._games = report_games(list(view.specs), pl_module, data.to(pl_module.device),
+                                       view.seed + REPORT_SEED, view.picked)
         self._before = {label: model_value(game) for label, game in self._games.items()}
         if self.method.finetune_epochs:  # the weights a roll-back (or undo) of the fine-tuning returns to
             self._restore = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
-    def _heldout_data(self, trainer: L.Trainer) -> tuple[EvalData, str]:
+    def _heldout_data(self, trainer: L.Trainer, view: AnalysisView) -> tuple[EvalData, str]:
         """The datamodule's test split (with ``test_groups`` if it has them), else the analysis data."""
         dm = trainer.datamodule
         if dm is not None:
@@ -441,18 +498,21 @@ class ShapleyRepair(Callback):
                 loader = None
             if loader is not None:
                 groups = getattr(dm, "test_groups", None)
-                return eval_data.collect(loader, self.heldout_size, groups), "test split"
+                return eval_data.collect(loader, self.heldout_size, groups, option=None), "test split"
         rank_zero_warn("ShapleyRepair: no test split, so before/after is measured on the analysis data.")
         assert self.shapley is not None
-        return self.shapley.evaluation_data(trainer), "analysis data (no test split)"
+        data = view.evaluation_data if view.evaluation_data is not None else self.shapley.evaluation_data(trainer)
+        return data, "analysis data (no test split)"
 
-    def _write_report(self, trainer: L.Trainer, pl_module: L.LightningModule, after: dict[str, float]) -> None:
+    def _write_report(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, view: AnalysisView, after: dict[str, float]
+    ) -> None:
         before = self._before or {}
         self.report = [
             {"metric": m, "before": before[m], "after": after[m], "change": after[m] - before[m]} for m in before
         ]
-        assert self.shapley is not None and self.outcome is not None
-        out = self.shapley.output_dir(trainer)
+        assert self.outcome is not None
+        out = view.output_dir
         self.model_path = out / MODEL_FILE if self.outcome == "kept" else None
         if not trainer.is_global_zero:
             return
@@ -474,13 +534,15 @@ class ShapleyRepair(Callback):
         else:
             for stale in (out / MODEL_FILE, plan_path(out / MODEL_FILE)):  # an earlier run's would contradict this
                 stale.unlink(missing_ok=True)
-            weights = f"no {MODEL_FILE} written: the model keeps its weights from before the repair"
+            kept = "the repair did not change the model" if self.outcome == "unchanged" else \
+                "the model keeps its weights from before the repair"
+            weights = f"no {MODEL_FILE} written: {kept}"
         _log_outcome(trainer.loggers, self.outcome, self.reason, weights, trainer.global_step)
         for logger in trainer.loggers:  # they were finalized before on_fit_end: write what came since
             logger.save()
         n = len(next(iter(self._games.values())).targets) if self._games else 0
         discarded = " The 'after' column is the repaired model, measured, then discarded."
-        after_note = "" if self.outcome == "kept" else discarded
+        after_note = discarded if self.outcome in ("rolled back", "reported only") else ""
         text = (
             f"Repair: {self.description}\n"
             f"Outcome: {self.outcome}: {self.reason}.\n"
@@ -495,15 +557,23 @@ class ShapleyRepair(Callback):
     # ----------------------------------------------------------------------------------------- state
     @override
     def state_dict(self) -> dict[str, Any]:
-        """Where a fine-tuning stands (its drop probabilities, dropout stream, before-values): plain data only."""
-        return {
-            "probabilities": self._probabilities,
-            "dropout": self._dropout.state_dict() if self._dropout is not None else None,
+        """Where a fine-tuning stands (the method's state, such as its drop probabilities and dropout stream;
+        the before-values): plain data only."""
+        action = self._action
+        state: dict[str, Any] = {
             "before": self._before,
             "source": self._source,
             "description": self.description,
             "restore": self._restore,
+            "refused": action.description if action is not None and not action.changed else None,
         }
+        if action is not None and action.changed and action.state is not None:
+            extra = action.state()
+            clash = sorted(set(extra) & set(state))
+            if clash:
+                raise ValueError(f"repair {self.name!r}: its state keys {clash} clash with ShapleyRepair's own.")
+            state.update(extra)
+        return state
 
     @override
     def on_save_checkpoint(
@@ -516,31 +586,22 @@ class ShapleyRepair(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._probabilities = state_dict["probabilities"]
-        self._before = state_dict["before"]
-        self._source = state_dict["source"]
-        self.description = state_dict["description"]
-        self._restore = state_dict["restore"]
-        self._resume_dropout = state_dict["dropout"]  # resumed inside the fine-tuning: continue its dropout
+        self._before = state_dict.get("before")
+        self._source = state_dict.get("source", "")
+        self.description = state_dict.get("description", "")
+        self._restore = state_dict.get("restore")
+        self._resume_state = dict(state_dict)  # resumed inside the fine-tuning: continue it at fit start
 
-    @override
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        assert self.shapley is not None
-        if not self.shapley.dry_run_done:  # this callback came first: let the analysis check its games now
-            self.shapley.dry_run(trainer, pl_module)
-        self._spec = self._choose_game(self.shapley)  # again, now that skipped games are known
-        resumed = self._resume_dropout
-        if resumed is not None and self._dropout is None:
-            self._start_dropout(trainer, pl_module)
-            assert self._dropout is not None
-            self._dropout.load_state_dict(resumed)
-            self._resume_dropout = None
-            # The held-out games are rebuilt at fit end from the model as it is then.
-            with eval_data.preserved_rng():
-                data, _ = self._heldout_data(trainer)
-                assert self.shapley is not None
-                self._games = report_games(self.shapley.specs, pl_module, data.to(pl_module.device),
-                                           self.shapley.seed + REPORT_SEED, self.shapley.picked)
+
+_OWN_STATE = ("before", "source", "description", "restore", "refused")
+
+
+def _say(action: RepairAction, text: str) -> None:
+    """A warning when the action asks for one (something asked for could not be done), else an info line."""
+    if action.warn:
+        rank_zero_warn(text)
+    else:
+        rank_zero_info(text)
 
 
 def report_label(spec: GameSpec) -> str:

@@ -9,7 +9,7 @@ on a fresh module with ``load_pruned`` / ``load_pruned_checkpoint`` (its pruning
 """
 
 from nsl.repair.dropout import FilterDropout, finetune_with_dropout, guided_probabilities
-from nsl.repair.methods import REPAIRS, GuidedDropout, PruneCulprits, RepairMethod
+from nsl.repair.methods import REPAIRS, GuidedDropout, PruneCulprits, RepairAction, RepairContext, RepairMethod
 from nsl.repair.plan import (
     apply_pruning_plan,
     load_pruned,
@@ -26,6 +26,8 @@ __all__ = [
     "GuidedDropout",
     "PruneCulprits",
     "PrunedFilters",
+    "RepairAction",
+    "RepairContext",
     "RepairMethod",
     "apply_pruning_plan",
     "finetune_with_dropout",

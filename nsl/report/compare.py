@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from nsl.report.curves import RemovalCurve
-from nsl.report.plots import new_figure
+from nsl.report.plots import excluded_note, new_figure
 from nsl.report.tables import markdown
 from nsl.shapley.result import ShapleyResult
 
@@ -69,6 +69,53 @@ def gini(values: Tensor) -> float:
         return 0.0
     ranks = torch.arange(1, n + 1, dtype=torch.float64)
     return float(((2 * ranks - n - 1) * x).sum() / (n * total))
+
+
+def concentration(result: ShapleyResult) -> tuple[int, float] | None:
+    """``(half_mass, gini)`` of a result's values, or ``None`` while some filters lack the samples to be ranked:
+    their zero estimates would pass for a flat or a concentrated distribution (all-zero values give 0 and 0)."""
+    if result.n_ranked < result.n_players:
+        return None
+    return half_mass(result.values), gini(result.values)
+
+
+def unranked_cell(result: ShapleyResult) -> str:
+    """What a table shows instead of a number computed from estimates that are not findings yet."""
+    return f"n/a (only {result.n_ranked:,} of {result.n_players:,} filters sampled enough to rank)"
+
+
+def ranked_cell(result: ShapleyResult) -> str:
+    """``2,048`` when every filter is ranked, else ``12 of 2,048 (2,036 with < 2 samples)``."""
+    left = result.n_players - result.n_ranked
+    if left == 0:
+        return f"{result.n_players:,}"
+    return f"{result.n_ranked:,} of {result.n_players:,} ({left:,} with < {result.min_rank_samples} samples)"
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _load_result(path: Path) -> ShapleyResult | None:
+    """The ShapleyResult saved at ``path``, or None when the file holds something else."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file, or one that needs unpickling arbitrary objects: not ours
+        return None
+    if not isinstance(data, dict) or not set(data) >= RESULT_KEYS:
+        return None
+    return ShapleyResult.from_dict(data)
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key that puts job 2 before job 10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _run_name(run_dir: Path, saved: dict[str, Any]) -> str:
+    if saved.get("name"):
+        return str(saved["name"])
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        return ",".join(str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides))) or "default"
+    return run_dir.name
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -213,16 +260,14 @@ def game_table(runs: Sequence[Run], game: str, top_k: int = 10, tail: str = "aut
         row("converged", lambda res: res.converged),
         row("evaluations", lambda res: res.n_evals),
         row("value of all filters", lambda res: MISSING if res.full_value is None else f"{res.full_value:.4f}"),
-        row("sum of values", lambda res: f"{float(res.values.sum()):.4f}"),
-        row("filters holding half of Σ abs(value)", lambda res: half_mass(res.values)),
-        row("Gini of abs(value)", lambda res: f"{gini(res.values):.3f}"),
+        *value_rows(present),
     ]
     orders = [_order(res, tail) if res is not None else None for res in present]
     ends = {o[1] for o in orders if o is not None}
     for rank in range(top_k):
         cells = []
         for res, order in zip(present, orders, strict=True):
-            if res is None or order is None or rank >= len(order[0]):
+            if res is None or order is None or rank >= min(len(order[0]), res.n_ranked):  # ranked filters only
                 cells.append(MISSING)
                 continue
             i = int(order[0][rank])
@@ -230,6 +275,27 @@ def game_table(runs: Sequence[Run], game: str, top_k: int = 10, tail: str = "aut
             cells.append(f"{name} {format_value(float(res.values[i]), float(res.stderr[i]))}")
         rows.append([f"#{rank + 1} ({'/'.join(sorted(ends))})", *cells])
     return markdown(columns, rows)
+
+
+def value_rows(present: Sequence[ShapleyResult | None]) -> list[list[Any]]:
+    """Rows of a game table that summarise values: ranked filters, sum, half-mass and Gini. A result whose filters
+    are not all ranked gets "n/a (only X of N filters sampled ...)" instead of numbers from zero estimates."""
+    def row(label: str, fn: Any) -> list[Any]:
+        cells = []
+        for res in present:
+            if res is None:
+                cells.append(MISSING)
+            else:
+                spread = concentration(res)
+                cells.append(unranked_cell(res) if spread is None else fn(res, spread))
+        return [label, *cells]
+
+    return [
+        ["ranked filters", *[MISSING if res is None else ranked_cell(res) for res in present]],
+        row("sum of values", lambda res, _: f"{float(res.values.sum()):.4f}"),
+        row("filters holding half of Σ abs(value)", lambda _, spread: spread[0]),
+        row("Gini of abs(value)", lambda _, spread: f"{spread[1]:.3f}"),
+    ]
 
 
 def games_of(runs: Sequence[Run]) -> list[str]:
@@ -262,20 +328,28 @@ def _axes_row(n: int, title: str) -> tuple[Any, list[Any]]:
 
 def plot_histograms(runs: Sequence[Run], game: str, path: Path) -> Path:
     """The game's value histograms of all runs side by side, on shared bins and axes."""
-    values = [r.results[game].values.double().numpy() for r in runs if game in r.results]
+    values = [ranked_values(r.results[game]) for r in runs if game in r.results]
     edges = np.histogram_bin_edges(np.concatenate(values), bins=40)
-    fig, axes = _axes_row(len(runs), f"{game}: Shapley values")
+    fig, axes = _axes_row(len(runs), f"{game}: Shapley values (ranked filters)")
     for ax, run in zip(axes, runs, strict=True):
         ax.set_title(f"{run.key}: {run.name}", fontsize=8)
         ax.set_xlabel("Shapley value")
         if game in run.results:
-            ax.hist(run.results[game].values.double().numpy(), bins=edges, color="tab:blue")
+            result = run.results[game]
+            ax.hist(ranked_values(result), bins=edges, color="tab:blue")
+            if result.n_ranked < result.n_players:
+                ax.set_title(f"{run.key}: {run.name}{excluded_note(result)}", fontsize=7)
         else:
             ax.text(0.5, 0.5, "not played", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_ylabel("filters")
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def ranked_values(result: ShapleyResult) -> np.ndarray:
+    """The values of the ranked filters (an unsampled filter's 0 is no value), for histograms."""
+    return result.values[result.ranked].double().cpu().numpy()
 
 
 def plot_curves(runs: Sequence[Run], game: str, path: Path) -> Path:
@@ -351,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "Run",
+    "concentration",
     "find_runs",
     "format_value",
     "game_table",

@@ -19,20 +19,23 @@ from nsl.report.tables import COLUMNS, markdown
 
 
 def result_scalars(prefix: str, result: Any, extra: dict[str, float] | None = None) -> dict[str, float]:
-    """Scalar summaries of a result, keyed ``<prefix>/<what>``."""
-    values = result.values
+    """Scalar summaries of a result, keyed ``<prefix>/<what>``. The value summaries cover the ranked players
+    only (``ranked``: how many), and are left out while no player has enough samples to rank."""
+    values = result.values[result.ranked]
     top = result.top_k
     scalars = {
         "n_evals": float(result.n_evals),
         "converged": float(result.converged),
         "seconds": float(result.seconds),
-        "top1_value": float(values[top[0]]),
-        "topk_value_sum": float(values[top].sum()),
-        "value_sum": float(values.sum()),
-        "value_min": float(values.min()),
+        "ranked": float(len(values)),
         "mean_samples": float(result.counts.double().mean()),
         "interrupted": float(getattr(result, "interrupted", False)),  # a partial result (Ctrl-C) says so
     }
+    if len(values):
+        scalars["top1_value"] = float(result.values[top[0]])
+        scalars["topk_value_sum"] = float(result.values[top].sum())
+        scalars["value_sum"] = float(values.sum())
+        scalars["value_min"] = float(values.min())
     if result.full_value is not None:
         scalars["full_value"] = float(result.full_value)
     if result.empty_value is not None:
@@ -89,10 +92,14 @@ def log_result(
     figures: dict[str, Figure] | None = None,
     extra: dict[str, float] | None = None,
 ) -> None:
-    """Everything about one game's run: scalars, histogram, top-k table, figures."""
+    """Everything about one game's run: scalars, histogram, top-k table, figures. The histogram holds the ranked
+    players' values only (none is sent before any player has enough samples); ``rows`` are the table's rows,
+    e.g. :func:`~nsl.report.top_rows`, which lists ranked players only."""
     key = f"{prefix}/{name}"
     log_scalars(loggers, result_scalars(key, result, extra), step)
-    log_histogram(loggers, f"{key}/values", result.values.double().numpy(), step)
+    ranked = result.values[result.ranked].double().cpu()
+    if len(ranked):
+        log_histogram(loggers, f"{key}/values", ranked.numpy(), step)
     log_table(loggers, f"{key}/top_k", COLUMNS, rows, step)
     for what, fig in (figures or {}).items():
         log_figure(loggers, f"{key}/{what}", fig, step)

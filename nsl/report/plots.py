@@ -21,15 +21,36 @@ def new_figure(figsize: tuple[float, float], dpi: int = 100) -> Figure:
 
 
 def value_histogram(result: ShapleyResult, title: str = "") -> Figure:
-    """Histogram of the filters' Shapley values (a few large values on a flat bulk is the paper's finding)."""
+    """Histogram of the filters' Shapley values (a few large values on a flat bulk is the paper's finding).
+
+    Only ranked filters are drawn (:attr:`~nsl.shapley.ShapleyResult.ranked`): an unsampled filter's 0 is no
+    value. The title says how many were left out.
+    """
     fig = new_figure((5, 3.2))
     ax = fig.subplots()
-    ax.hist(result.values.numpy(), bins=40, color="tab:blue")
+    values = result.values[result.ranked].double().cpu().numpy()
+    if len(values):
+        ax.hist(values, bins=40, color="tab:blue")
+    else:
+        ax.text(0.5, 0.5, "no filter has enough samples to rank", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("Shapley value")
     ax.set_ylabel("filters")
-    ax.set_title(title or f"{result.method}: {result.n_players} filters")
+    note = excluded_note(result)
+    ax.set_title((title or f"{result.method}: {result.n_players} filters") + note, fontsize=9 if note else None)
     fig.tight_layout()
     return fig
+
+
+def excluded_note(result: ShapleyResult) -> str:
+    """``"\\n(12 of 2,048 filters ranked; 2,036 with < 2 samples not shown)"`` for a plot title; ``""`` when every
+    filter is ranked."""
+    left = result.n_players - result.n_ranked
+    if left == 0:
+        return ""
+    return (
+        f"\n({result.n_ranked:,} of {result.n_players:,} filters ranked; {left:,} with < {result.min_rank_samples} "
+        "samples not shown)"
+    )
 
 
 def removal_plot(curve: RemovalCurve, label: str = "Shapley", ylabel: str = "value", title: str = "") -> Figure:

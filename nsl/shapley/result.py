@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,12 @@ import torch
 from torch import Tensor
 
 from nsl.validation import check_number
+
+#: The fewest marginal samples behind an estimate that a ranking may use: two give a standard error.
+MIN_RANK_SAMPLES = 2
+#: A player's sample status (:meth:`ShapleyResult.sample_status`): its value can be ranked; it has fewer than
+#: ``min_rank_samples`` samples; it has none at all.
+RANKED, TOO_FEW_SAMPLES, NOT_SAMPLED = "ranked", "too few samples", "not sampled"
 
 
 def merge_moments(
@@ -159,6 +166,8 @@ class ShapleyResult:
         delta: the certificate's allowed failure probability.
         truncated: the promise is about the truncated game (scans cut at the collapse), not the game itself.
         note: why the result could not be certified, when the estimator knows (e.g. a game that looks constant).
+        min_rank_samples: the fewest marginal samples behind an estimate that rankings (``top_k``,
+            :meth:`culprits`, :meth:`ranking`), tables and repairs use (see :attr:`ranked`).
     """
 
     values: Tensor
@@ -181,6 +190,7 @@ class ShapleyResult:
     delta: float | None = None
     truncated: bool = False
     note: str = ""
+    min_rank_samples: int = MIN_RANK_SAMPLES
 
     @property
     def guarantee(self) -> str:
@@ -233,17 +243,87 @@ class ShapleyResult:
 
     @property
     def top_k(self) -> Tensor:
-        """Indices of the ``k`` highest values, best first."""
-        return self.ranking()[: self.k]
+        """Indices of the ``k`` highest values among the ranked players (:attr:`ranked`), best first: fewer than
+        ``k`` while fewer players have enough samples, none before any has."""
+        return self.culprits(self.k)
 
     def ranking(self, descending: bool = True) -> Tensor:
-        """All player indices ordered by value (ties broken by index, so it is deterministic)."""
-        return torch.sort(self.values, descending=descending, stable=True).indices
+        """All player indices: the ranked players (:attr:`ranked`) by value (ties broken by index, so it is
+        deterministic), then the players without enough samples in index order, so that an unranked player is
+        never ahead of a ranked one, at either end. Exact results rank everyone."""
+        order = torch.sort(self.values, descending=descending, stable=True).indices
+        ranked = self.ranked[order]
+        return torch.cat([order[ranked], order[~ranked].sort().values])
 
     def culprits(self, k: int | None = None, negative: bool = False) -> Tensor:
-        """The ``k`` players with the highest values, or the most negative ones with ``negative=True``."""
+        """The ``k`` ranked players with the highest values, or the most negative ones with ``negative=True``.
+
+        A player below ``min_rank_samples`` samples is never a culprit, so this returns fewer than ``k`` (or
+        none) while the analysis has not sampled enough players.
+        """
         k = self.k if k is None else k
-        return self.ranking(descending=not negative)[:k]
+        return self.ranking(descending=not negative)[: max(0, min(k, self.n_ranked))]
+
+    # ------------------------------------------------------------------------------------- sample status
+    @property
+    def ranked(self) -> Tensor:
+        """Bool (N,): the players whose value rankings, tables and repairs may use.
+
+        Exact values and deterministic scores (a standard error of exactly 0, as exact results and baseline
+        scores have) always; an estimate once it rests on at least ``min_rank_samples`` marginal samples (below
+        two samples a sampling estimator's standard error is NaN, never 0). Any other estimate is no finding:
+        see :meth:`sample_status`.
+        """
+        if self.method == "exact":
+            return torch.ones(self.n_players, dtype=torch.bool, device=self.values.device)
+        return (self.counts >= self.min_rank_samples) | (self.stderr == 0)
+
+    @property
+    def n_ranked(self) -> int:
+        """How many players :attr:`ranked` holds."""
+        return int(self.ranked.sum())
+
+    def sample_status(self) -> list[str]:
+        """Per player: ``"ranked"``, ``"too few samples"`` (below ``min_rank_samples``) or ``"not sampled"``."""
+        pairs = zip(self.ranked.tolist(), self.counts.tolist(), strict=True)
+        return [RANKED if r else (NOT_SAMPLED if c == 0 else TOO_FEW_SAMPLES) for r, c in pairs]
+
+    def evals_to_rank(self) -> int:
+        """About how many evaluations in all give every player ``min_rank_samples`` samples (``n_evals`` once all
+        are ranked): the samples still missing at the rate of samples per evaluation this result saw, or at one
+        per evaluation (a removal scan's least) when it saw none. A rough guide to the budget, not a promise."""
+        missing = float((self.min_rank_samples - self.counts[~self.ranked]).clamp(min=0).sum())
+        if missing == 0:
+            return int(self.n_evals)
+        seen = float(self.counts.sum())
+        rate = seen / self.n_evals if self.n_evals > 0 and seen > 0 else 1.0
+        return int(self.n_evals + math.ceil(missing / rate))
+
+    def rank_note(self, players: str = "players") -> str:
+        """A plain sentence when rankings leave players out for lack of samples, with the budget that would rank
+        them all (:meth:`evals_to_rank`); ``""`` when every player is ranked. ``players`` names them
+        ("filters")."""
+        unranked = ~self.ranked
+        if not bool(unranked.any()):
+            return ""
+        never = int((self.counts[unranked] == 0).sum())
+        few = int(unranked.sum()) - never
+        why = " and ".join(
+            part for part in (f"{never:,} not sampled" if never else "",
+                              f"{few:,} with fewer than {self.min_rank_samples} samples" if few else "") if part
+        )
+        need = self.evals_to_rank()
+        n_rows = getattr(self, "n_rows", None)
+        rows = f" ({round(need * n_rows / self.n_evals):,} rows)" if n_rows and self.n_evals else ""
+        if self.n_ranked == 0:
+            return (
+                f"{self.n_players:,} {players}, {self.n_evals:,} evaluations: no ranking ({why}; a ranking needs "
+                f"{self.min_rank_samples} samples each); needs about {need:,} evaluations{rows}"
+            )
+        return (
+            f"{self.n_ranked:,} of {self.n_players:,} {players} ranked; {why} left out (they need "
+            f"{self.min_rank_samples} samples each: about {need:,} evaluations{rows} in all)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors and Python values only (loads with ``torch.load(weights_only=True)``)."""
@@ -268,6 +348,7 @@ class ShapleyResult:
             "delta": None if self.delta is None else float(self.delta),
             "truncated": bool(self.truncated),
             "note": self.note,
+            "min_rank_samples": int(self.min_rank_samples),
         }
 
     @classmethod
