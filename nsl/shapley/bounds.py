@@ -72,6 +72,23 @@ def bernstein_radius(
     return torch.where(n >= 2, radius, torch.full_like(radius, math.inf))
 
 
+def rare_event_radius(exposure: Tensor, alpha: float, marginal_bound: float) -> Tensor:
+    """The mass a rare event could still hide from a player: ``B · log(1/α) / exposure``.
+
+    Say the player's marginal reaches B (the largest marginal seen anywhere in the game) in a set of positions
+    that a sample hits with probability p_t. Its samples all miss it with probability Π(1 − p_t) ≤ e^(−Σp_t); at
+    the first time Σp_t reaches log(1/α) that is ≤ α, and missing it up to any later time implies missing it up
+    to then, so the bound holds at every sample size at once without a union over sizes. Σp_t is the unseen
+    mass over B times ``exposure``: the samples, each counted by how much its draw looked where the event could
+    be (1 for a uniform position; for importance-weighted positions, q_b·N/Z_b of the least explored bin b).
+    Added to the CLT half-width it keeps a player whose samples are all 0 from being set aside before its rare
+    event could have shown. Infinite where ``exposure`` is 0.
+    """
+    exposure = exposure.double()
+    radius = marginal_bound * math.log(1 / alpha) / exposure.clamp(min=1e-300)
+    return torch.where(exposure > 0, radius, torch.full_like(radius, math.inf))
+
+
 def prior_variance(stats: RunningStats, k: int) -> float:
     """The pooled prior τ²: the mean of the ``k`` largest sample variances among players with ≥ 2 samples."""
     sampled = stats.count >= 2

@@ -9,7 +9,7 @@ from nsl.shapley._common import check_positive_int, check_tail, player_names, re
 from nsl.shapley.distributed import Collective
 from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import ShapleyResult
-from nsl.shapley.sampler import Budget, result_from_state, sample
+from nsl.shapley.sampler import Budget, result_from_state, rows_budget, sample
 from nsl.shapley.scan import PermutationSampler
 
 
@@ -47,7 +47,7 @@ def monte_carlo(
     """
     check_positive_int("n_permutations", n_permutations)
     check_tail(tail)
-    budget = Budget(max_evals, max_seconds)
+    budget = Budget(rows_budget(game, None, max_evals), max_seconds)  # evaluations of the whole set, in rows
     sampler = PermutationSampler(
         game,
         truncation=truncation,

@@ -166,6 +166,10 @@ class ShapleyResult:
         delta: the certificate's allowed failure probability.
         truncated: the promise is about the truncated game (scans cut at the collapse), not the game itself.
         note: why the result could not be certified, when the estimator knows (e.g. a game that looks constant).
+        n_rows: rows through the model for this result: (coalition, example) pairs, the honest cost unit
+            (``n_evals`` is its full-set equivalent, rows / evaluation-set size). ``None`` in older files.
+        sampling: ``"examples"`` when (coalition, example) pairs were sampled (a game that decomposes over
+            examples), ``"coalitions"`` when every coalition was scored on the whole evaluation set.
         min_rank_samples: the fewest marginal samples behind an estimate that rankings (``top_k``,
             :meth:`culprits`, :meth:`ranking`), tables and repairs use (see :attr:`ranked`).
     """
@@ -190,6 +194,8 @@ class ShapleyResult:
     delta: float | None = None
     truncated: bool = False
     note: str = ""
+    n_rows: int | None = None
+    sampling: str = "coalitions"
     min_rank_samples: int = MIN_RANK_SAMPLES
 
     @property
@@ -348,6 +354,8 @@ class ShapleyResult:
             "delta": None if self.delta is None else float(self.delta),
             "truncated": bool(self.truncated),
             "note": self.note,
+            "n_rows": None if self.n_rows is None else int(self.n_rows),
+            "sampling": self.sampling,
             "min_rank_samples": int(self.min_rank_samples),
         }
 

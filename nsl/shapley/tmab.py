@@ -33,6 +33,7 @@ from nsl.shapley.bounds import (
     bernstein_radius,
     clt_radius,
     prior_variance,
+    rare_event_radius,
     shrunk_variance,
     top_k_certificate,
 )
@@ -40,7 +41,7 @@ from nsl.shapley.distributed import Collective, check_same
 from nsl.shapley.positions import PositionSampler
 from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import ShapleyResult
-from nsl.shapley.sampler import Budget, Sampler, SampleState, result_from_state, sample
+from nsl.shapley.sampler import Budget, Sampler, SampleState, result_from_state, rows_budget, sample
 from nsl.shapley.scan import PermutationSampler, check_fraction
 
 SAMPLERS = ("positions", "scan")
@@ -74,14 +75,20 @@ def confidence_radius(
     prior_k: int = 10,
     value_range: float | None = None,
     min_samples: int = 2,
+    exposure: Tensor | None = None,
+    marginal_bound: float = 0.0,
 ) -> Tensor:
     """Each player's interval half-width at level 1 − ``delta`` (see :mod:`nsl.shapley.bounds`); inf below
-    ``min_samples`` samples. ``stats`` is a :class:`~nsl.shapley.result.RunningStats`."""
+    ``min_samples`` samples. ``stats`` is a :class:`~nsl.shapley.result.RunningStats`; with an ``exposure`` per
+    player and ``marginal_bound`` > 0 the rare-event floor (:func:`~nsl.shapley.bounds.rare_event_radius`) is added
+    to the CLT half-width."""
     prior = prior_variance(stats, prior_k) if prior_samples > 0 else 0.0  # type: ignore[arg-type]
     var = shrunk_variance(stats, prior, prior_samples) if prior_samples > 0 else stats.var  # type: ignore[attr-defined]
     count = stats.count  # type: ignore[attr-defined]
     if bound == "clt":
         radius = clt_radius(var, count, delta, anytime=anytime)
+        if exposure is not None and marginal_bound > 0:
+            radius = radius + rare_event_radius(exposure, delta, marginal_bound)
     else:
         observed = stats.value_range  # type: ignore[attr-defined]
         width = observed.max() if value_range is None else value_range
@@ -90,7 +97,8 @@ def confidence_radius(
 
 
 def pair_bounds(
-    state: SampleState, delta: float, prior_samples: float, min_samples: int, anytime: bool = True
+    state: SampleState, delta: float, prior_samples: float, min_samples: int, anytime: bool = True,
+    sample_bound: float = 0.0,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """Lower confidence bounds on φ_a − φ_b from the tracked pairs' sample differences (−inf where untracked).
 
@@ -103,6 +111,8 @@ def pair_bounds(
     n = state.pair_count
     shrunk = (n * var + prior_samples * prior) / (n + prior_samples).clamp(min=1e-12)
     radius = clt_radius(shrunk, n, delta, anytime=anytime)
+    if sample_bound > 0:  # a difference of two samples reaches twice what one (importance-weighted) sample can
+        radius = radius + rare_event_radius(n, delta, 2 * sample_bound)
     table = torch.where(n >= min_samples, state.pair_mean - radius, torch.full_like(radius, -math.inf))
 
     def lower(a: Tensor, b: Tensor) -> Tensor:
@@ -137,6 +147,7 @@ def tmab(
     antithetic: bool = False,
     pilot_scans: int = 2,
     max_evals: int | None = -1,
+    max_rows: int | None = None,
     max_seconds: float | None = None,
     batch_size: int | None = None,
     seed: int = 0,
@@ -144,6 +155,8 @@ def tmab(
     resume: ShapleyResult | None = None,
     progress: bool = False,
     collective: Collective | object | None = None,
+    per_example: bool | None = None,
+    rare_event_floor: bool = True,
 ) -> ShapleyResult:
     """Estimate Shapley values until the ``top_k`` players are certified, sampling only the undecided ones.
 
@@ -172,9 +185,13 @@ def tmab(
         truncation, patience, antithetic: for ``sampler="scan"``: end a scan once the value stays within this
             fraction of the value scale from v(∅) for ``patience`` evaluations; follow each order by its reverse.
         pilot_scans: for ``sampler="positions"``: antithetic removal scans that start the run.
-        max_evals, max_seconds: budget; when it runs out first, ``converged`` is False. The default
-            ``max_evals=-1`` means 200 evaluations per player; ``None`` means no limit.
-        batch_size: coalitions per call to the game (default: the game's chunk size).
+        max_evals, max_rows, max_seconds: budget; when it runs out first, ``converged`` is False. ``max_rows``
+            counts rows through the model ((coalition, example) pairs: the honest unit); ``max_evals`` counts
+            full-set evaluations (M rows each, M the evaluation-set size) and is used when ``max_rows`` is None.
+            The default ``max_evals=-1`` means, per player, the more of 200 full-set evaluations and 20,000 rows;
+            ``max_evals=None`` with ``max_rows=None``: no limit.
+        batch_size: coalitions per call to the game (default: the game's chunk size); per example, rows per call
+            (default: the game's ``max_rows``).
         seed: seeds the sampling (same seed, same result); the global RNG is never used.
         names: player names for the result (default: the game's players' names).
         resume: continue from an earlier result's statistics (give it a different ``seed``).
@@ -184,6 +201,13 @@ def tmab(
             :class:`~nsl.shapley.distributed.Collective`, a Lightning ``Trainer`` or ``Strategy``, or ``"auto"``.
             Every rank must call ``tmab`` with the same game and settings; each samples with its own seed, the
             statistics are merged every round, and every rank returns the same result.
+        per_example: sample (coalition, example) pairs, one model row each (``None``: wherever the game
+            decomposes over examples, see :class:`~nsl.games.ExampleGame`). The target is unchanged (by linearity,
+            the Shapley value of the game on its fixed evaluation set); each row is one sample instead of 1/M of
+            one, and most of a filter's variance lies between coalitions, not between examples.
+        rare_event_floor: add to every interval the mass a rare event could still hide behind a player's samples
+            (:func:`~nsl.shapley.bounds.rare_event_radius`): what keeps a player whose samples are all 0 from
+            being certified out before its rare event could have shown. Off only for ablations.
 
     Example:
         >>> from nsl.games.synthetic import network_game
@@ -213,14 +237,14 @@ def tmab(
         raise ValueError(f"prior_samples={prior_samples!r} is not accepted; use a number ≥ 0.")
     if value_range is not None and not (isinstance(value_range, (int, float)) and value_range > 0):
         raise ValueError(f"value_range={value_range!r} is not accepted; use None or a number > 0.")
-    if max_evals == -1:
-        max_evals = 200 * n if isinstance(n, int) and n > 0 else None
-    budget = Budget(max_evals, max_seconds)
+    budget = Budget(rows_budget(game, max_rows, max_evals), max_seconds)
     common = {"batch_size": batch_size, "seed": seed, "resume": resume, "collective": collective}
     engine: Sampler
     if sampler == "positions":
-        engine = PositionSampler(game, pilot_scans=pilot_scans, **common)
+        engine = PositionSampler(game, pilot_scans=pilot_scans, per_example=per_example, **common)
     else:
+        if per_example:
+            raise ValueError("per_example=True needs sampler='positions' (permutation scans score whole sets).")
         engine = PermutationSampler(game, truncation=truncation, patience=patience, antithetic=antithetic, **common)
     n = engine.n_players
     top_k = resolve_top_k(top_k, n)
@@ -231,7 +255,7 @@ def tmab(
     if engine.collective is not None:
         check_same(
             engine.collective, top_k=top_k, delta=delta, epsilon=epsilon, min_samples=min_samples,
-            max_evals=max_evals, union_bound=union_bound, bound=BOUNDS.index(bound), tail=("top", "bottom",
+            max_rows=budget.max_rows, union_bound=union_bound, bound=BOUNDS.index(bound), tail=("top", "bottom",
             "both").index(tail), sampler=SAMPLERS.index(sampler), prior_samples=prior_samples,
         )
     everyone = torch.ones(n, dtype=torch.bool)
@@ -243,11 +267,14 @@ def tmab(
         if engine.scale == 0 and bool((stats.count >= min_samples).all()) and not bool(stats.var.any()):
             verdict["note"] = "every coalition evaluated had the same value: the game looks constant"
             return None
+        marginal_bound = float(engine.state.marginal_high) if rare_event_floor else 0.0
         radius = confidence_radius(
             stats, level, bound, anytime=anytime, prior_samples=prior_samples, prior_k=top_k,
-            value_range=value_range, min_samples=min_samples,
+            value_range=value_range, min_samples=min_samples, exposure=engine.exposure(),
+            marginal_bound=marginal_bound,
         )
-        lower = pair_bounds(engine.state, pair_level, prior_samples, min_samples, anytime) if pairs else None
+        floor = engine.state.sample_bound if rare_event_floor else 0.0
+        lower = pair_bounds(engine.state, pair_level, prior_samples, min_samples, anytime, floor) if pairs else None
         certified, active = top_k_certificate(stats.mean, radius, top_k, tolerance, tail, lower)
         if certified and not bool(stats.var.any()):
             certified, active = False, everyone  # no sample has varied yet: nothing is known about anyone
