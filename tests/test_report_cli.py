@@ -146,25 +146,44 @@ TINY = ["game=accuracy", "logger=none", *TINY_TRAIN]
 
 
 @pytest.mark.slow
-def test_multirun_dropout_against_baseline_side_by_side(tmp_path: Path) -> None:
+def test_multirun_dropout_against_baseline_side_by_side_and_pooled_over_seeds(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "NSL_ROOT": str(tmp_path)}
-    train = [sys.executable, "-m", "nsl.train", "-m", "repair=none,filter_dropout", *TINY]
-    proc = subprocess.run(train, env=env, capture_output=True, text=True, timeout=600)
+    train = [sys.executable, "-m", "nsl.train", "-m", "repair=none,filter_dropout", "seed=0,1", *TINY]
+    proc = subprocess.run(train, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
-    saved = [json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1")]
-    assert [s["name"] for s in saved] == [f"repair={r},game=accuracy,logger=none" for r in ("none", "filter_dropout")]
+    jobs = ["0", "1", "2", "3"]
+    saved = [json.loads((sweep / job / "metrics.json").read_text()) for job in jobs]
+    assert [s["name"] for s in saved] == [f"repair={r},seed={s},game=accuracy,logger=none"
+                                          for r in ("none", "filter_dropout") for s in (0, 1)]
+    for job in jobs:  # the run's log lines are in Hydra's job log, not only on the console
+        log = (sweep / job / "train.log").read_text()
+        assert "[NeuronShapley] " in log and "nsl-train finished." in log
+        assert "[lightning.pytorch.utilities.rank_zero][INFO] - `Trainer.fit` stopped" in log
+    assert "[FilterDropout] p=0.1 on 18 filters of 3 layers" in (sweep / "2" / "train.log").read_text()
 
     proc = subprocess.run([sys.executable, "-P", "-m", "nsl.report", str(sweep), "--top-k", "3"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert table_row(out, "")[:2] == ["0", "1"]
+    assert table_row(out, "")[:4] == jobs
     assert table_row(out, "name") == [s["name"] for s in saved]
-    assert table_row(out, "test/acc") == [f"{s['metrics']['test/acc']:.4f}" for s in saved]
-    for job, column in (("0", 0), ("1", 1)):
+    assert table_row(out, "test/acc")[:4] == [f"{s['metrics']['test/acc']:.4f}" for s in saved]
+    for job, column in (("0", 0), ("3", 3)):
         result = ShapleyResult.load(sweep / job / "neuron_shapley" / "accuracy.pt")
         assert table_row(out, "evaluations")[column] == str(result.n_evals)
-        assert table_row(out, "#1 (highest)")[column].startswith(result.names[int(result.top_k[0])] + " ")
-    for png in ("report_accuracy_values.png", "report_accuracy_removal.png"):
+    # Pooled: the two seeds of each setting, baseline repair=none, cells = mean ± sd of the saved numbers.
+    pooled = out[out.index("## Pooled over seeds"):]
+    assert "4 runs in 2 groups" in pooled and "Baseline: repair=none (the group with repair=none)" in pooled
+    assert table_row(pooled, "runs") == ["0, 1", "2, 3"]
+    for group, runs in enumerate((saved[:2], saved[2:])):
+        accuracies = torch.tensor([r["metrics"]["test/acc"] for r in runs], dtype=torch.float64)
+        expected = f"{accuracies.mean():.4f} ± {accuracies.std():.4f}"
+        assert table_row(pooled, "test/acc")[group].strip("*") == expected
+    curves = [RemovalCurve.load(sweep / job / "neuron_shapley" / "accuracy_curve.pt") for job in jobs]
+    after = torch.tensor([c.ranked[c.removed.index(3)] for c in curves[:2]], dtype=torch.float64)
+    assert table_row(pooled, "accuracy: value after removing the top 3")[0] == f"{after.mean():.4f} ± {after.std():.4f}"
+    assert any(line.startswith("- repair=filter_dropout: ") for line in pooled.splitlines())
+    for png in ("report_accuracy_values.png", "report_accuracy_removal.png", "pooled_test_acc.png",
+                "pooled_accuracy_removal.png", "pooled_accuracy_top3.png"):
         assert (sweep / png).stat().st_size > 1000

@@ -3,10 +3,12 @@
 Reads what each run wrote (``neuron_shapley/<game>.pt`` and ``<game>_curve.pt``, ``metrics.json``,
 ``.hydra/overrides.yaml``), prints the runs side by side (metrics, repair outcome, per game: convergence,
 evaluations, how concentrated the values are, the top filters with value ± standard error) and saves value
-histograms and removal curves side by side as PNGs. Figures are drawn on their own Agg canvases: running the
-report never changes the plotting backend of the process.
+histograms and removal curves side by side as PNGs. When runs repeat a setting over seeds, they are also pooled
+(:mod:`nsl.report.pool`): mean ± sd per group of runs that differ only in their seeds, clear differences from the
+baseline group marked, one figure per measure. Figures are drawn on their own Agg canvases: running the report
+never changes the plotting backend of the process.
 
-    nsl-train -m repair=none,filter_dropout
+    nsl-train -m repair=none,filter_dropout seed=0,1,2
     nsl-report outputs/train/multiruns/<date>_<time>
 """
 
@@ -17,7 +19,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from nsl.report import pool
 from nsl.report.curves import RemovalCurve
 from nsl.report.plots import excluded_note, new_figure
 from nsl.report.tables import markdown
 from nsl.shapley.result import ShapleyResult
 
 RESULT_KEYS = {"values", "stderr", "counts", "n_evals", "converged"}
-NOT_RESULTS = ("repaired_model.pt",)
+NOT_RESULTS = ("repaired_model.pt", "repaired_model.plan.pt")
 TAILS = ("auto", "top", "bottom")
 MISSING = "—"
 
@@ -49,6 +52,7 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     repairs: list[dict[str, Any]] = field(default_factory=list)
     has_metrics: bool = False
+    overrides: list[str] | None = None  # the command-line overrides (.hydra/overrides.yaml), None without one
 
 
 # ------------------------------------------------------------------------------------------------ spread
@@ -118,30 +122,12 @@ def _run_name(run_dir: Path, saved: dict[str, Any]) -> str:
     return run_dir.name
 
 
-# ------------------------------------------------------------------------------------------------ loading
-def _load_result(path: Path) -> ShapleyResult | None:
-    """The ShapleyResult saved at ``path``, or None when the file holds something else."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not a torch file, or one that needs unpickling arbitrary objects: not ours
+def _overrides(run_dir: Path) -> list[str] | None:
+    """The run's command-line overrides from ``.hydra/overrides.yaml`` (None when the run has no such file)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
         return None
-    if not isinstance(data, dict) or not set(data) >= RESULT_KEYS:
-        return None
-    return ShapleyResult.from_dict(data)
-
-
-def _natural(text: str) -> list[Any]:
-    """Sort key that puts job 2 before job 10."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
-
-
-def _run_name(run_dir: Path, saved: dict[str, Any]) -> str:
-    if saved.get("name"):
-        return str(saved["name"])
-    overrides = run_dir / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        return ",".join(str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides))) or "default"
-    return run_dir.name
+    return [str(o) for o in OmegaConf.to_container(OmegaConf.load(path)) or []]
 
 
 def saved_results(results_dir: Path) -> dict[str, ShapleyResult]:
@@ -178,6 +164,7 @@ def load_run(run_dir: Path, results_dir: Path, key: str, results: dict[str, Shap
         metrics={k: float(v) for k, v in (saved.get("metrics") or {}).items()},
         repairs=list(saved.get("repair") or []),
         has_metrics=metrics_path.is_file(),
+        overrides=_overrides(run_dir),
     )
 
 
@@ -303,8 +290,13 @@ def games_of(runs: Sequence[Run]) -> list[str]:
     return list(dict.fromkeys(g for r in runs for g in r.results))
 
 
-def report_text(runs: Sequence[Run], top_k: int = 10, tail: str = "auto", games: Sequence[str] | None = None) -> str:
-    """The whole comparison as markdown: the runs table, then one table per game."""
+def report_text(
+    runs: Sequence[Run], top_k: int = 10, tail: str = "auto", games: Sequence[str] | None = None,
+    baseline: str | None = None,
+) -> str:
+    """The whole comparison as markdown: the runs table, one table per game, then (when some setting was run
+    with several seeds) the runs pooled over seeds against the ``baseline`` group (:func:`nsl.report.pool.pooled_text`).
+    """
     games = list(games) if games else games_of(runs)
     unknown = [g for g in games if all(g not in r.results for r in runs)]
     if unknown:
@@ -315,7 +307,18 @@ def report_text(runs: Sequence[Run], top_k: int = 10, tail: str = "auto", games:
         parts += ["", f"No metrics.json in {without} (runs written before nsl-train saved it): metrics shown as —."]
     for game in games:
         parts += ["", f"## {game}", "", game_table(runs, game, top_k, tail)]
+    if pool.needs_pooling(runs):
+        parts += ["", pool.pooled_text([_only(r, games) for r in runs], baseline)]
+    elif len(runs) > 1:
+        parts += ["", "Each setting ran once (no seeds to pool): rerun the multirun with seed=0,1,2 to get mean ± sd "
+                  "per setting and the clear differences from the baseline."]
     return "\n".join(parts) + "\n"
+
+
+def _only(run: Run, games: Sequence[str]) -> Run:
+    """The run with only the results and curves of ``games`` (what the report was asked about)."""
+    return replace(run, results={g: r for g, r in run.results.items() if g in games},
+                   curves={g: c for g, c in run.curves.items() if g in games})
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -397,6 +400,9 @@ def parser() -> argparse.ArgumentParser:
                    help="list the highest or lowest values; auto: the end each result certified (default)")
     p.add_argument("--games", default=None, help="comma-separated games to report (default: all played)")
     p.add_argument("--no-plots", action="store_true", help="print the tables only")
+    p.add_argument("--baseline", default=None, metavar="OVERRIDE",
+                   help="the group the others are compared with, by one of its overrides (e.g. repair=none); "
+                        "default: repair=none, else callbacks.filter_dropout.p=0, else the first group")
     return p
 
 
@@ -408,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     games = [g.strip() for g in args.games.split(",") if g.strip()] if args.games else None
     try:
         runs = find_runs(args.folder)
-        text = report_text(runs, args.top_k, args.tail, games)
+        text = report_text(runs, args.top_k, args.tail, games, args.baseline)
     except (FileNotFoundError, ValueError) as error:
         print(f"nsl-report: error: {error}", file=sys.stderr)
         return 2
@@ -418,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = [out / "report.md"]
     if not args.no_plots:
         written += plot_report(runs, out, games)
+        if pool.needs_pooling(runs):
+            chosen = games or games_of(runs)
+            written += pool.plot_pooled([_only(r, chosen) for r in runs], out, args.baseline)
     print(text)
     print("Written: " + ", ".join(str(p) for p in written))
     return 0
