@@ -8,10 +8,10 @@ thumb, not guarantees:
 
 - **ranking** needs about :data:`RANK_SAMPLES` samples per filter: ``tmab`` sets no filter aside before its
   ``min_samples`` (10), and fewer samples cannot tell a filter's value from noise;
-- **certifying** a top-k on the project's own digits CNN was estimated at 70,000–100,000 full-set evaluations for
-  104 filters (docs/results.md), about :data:`CERTIFY_EVALS_PER_FILTER` per filter. Sampling (coalition, example)
-  pairs cuts this by the variance gain per row measured on two CNNs (median 19–23×, docs/DESIGN notes), taken
-  as :data:`ROW_GAIN`.
+- **certifying** a top-k took, on the project's own digits CNN (104 filters), about
+  :data:`CERTIFY_ROWS_PER_FILTER` rows per filter when (coalition, example) pairs are sampled (the figure behind
+  ``tmab``'s default budget), and was estimated at 70,000–100,000 full-set evaluations, about
+  :data:`CERTIFY_EVALS_PER_FILTER` per filter, when each coalition is scored on the whole set (docs/results.md).
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ import torch
 
 from nsl.games import ModelGame
 from nsl.players import FilterPlayers
+from nsl.shapley.sampler import rows_budget
 
 #: Samples per filter below which an analysis cannot rank its filters (rule of thumb: tmab's ``min_samples``).
 RANK_SAMPLES = 10
 #: Full-set evaluations per filter that certification needed on the project's digits CNN (rule of thumb).
 CERTIFY_EVALS_PER_FILTER = 700
-#: How much more a row of (coalition, example) sampling tells than a row of a full-set evaluation (rule of thumb).
-ROW_GAIN = 20
+#: Rows per filter that certification took there with (coalition, example) sampling (rule of thumb).
+CERTIFY_ROWS_PER_FILTER = 11_000
 #: (coalition, example) rows timed in the dry run: a quarter of the estimator's default batch (larger batches run a
 #: little faster per row, so the estimate errs on the safe side).
 TIMED_ROWS = 256
@@ -97,13 +98,15 @@ class CostEstimate:
         )
         verdict = "can rank" if self.can_rank else "cannot rank"
         certify = "likely to certify" if self.likely_certify else "unlikely to certify"
-        needed = CERTIFY_EVALS_PER_FILTER if self.sampling == "coalitions" else CERTIFY_EVALS_PER_FILTER / ROW_GAIN
-        per_row = f", {needed:,.0f} with per-row sampling" if self.sampling == "examples" else ""
+        if self.sampling == "examples":
+            have = f"{_count(self.rows / self.players)} rows per filter, where certifying took about "
+            have += f"{CERTIFY_ROWS_PER_FILTER:,}"
+        else:
+            have = f"{_count(self.evals / self.players)} full-set evaluations per filter, where certifying took about "
+            have += f"{CERTIFY_EVALS_PER_FILTER:,}"
         out.append(
             f"verdict (rules of thumb): {verdict} these filters (about {RANK_SAMPLES} samples per filter needed: "
-            f"{_seconds(self.seconds_to_rank)} of sampling here); {certify}: {_count(self.evals / self.players)} "
-            f"full-set evaluations per filter, where certifying was estimated at about {CERTIFY_EVALS_PER_FILTER:,} "
-            f"per filter on the project's digits CNN{per_row}"
+            f"{_seconds(self.seconds_to_rank)} of sampling here); {certify}: {have} on the project's digits CNN"
         )
         if self.levers:
             out.append("levers: " + "; ".join(self.levers))
@@ -161,7 +164,7 @@ def estimate_cost(
     world_size: int = 1,
 ) -> CostEstimate:
     """What the budget buys on ``game``: ``max_rows`` and ``max_evals`` (already resolved to the estimator's own
-    default when unset; ``-1``: 200 evaluations per filter) and ``max_seconds``, of which the estimate gets
+    default when unset; ``-1``: the estimators' default budget) and ``max_seconds``, of which the estimate gets
     ``estimate_share`` less the time to build the game. ``budgeted=False``: the estimator takes no budget."""
     n, m = game.n_players, game.rows_per_eval
     per_sample = seconds_per_row if sampling == "examples" else seconds_per_eval
@@ -180,11 +183,10 @@ def estimate_cost(
             samples_per_filter=None, can_rank=None, likely_certify=None, rankable_filters=None,
         )
     limits: dict[str, float] = {}
-    if max_rows is not None:
-        limits[f"max_rows={max_rows:,}"] = max_rows
-    elif max_evals is not None:
-        label = "the default 200 evaluations per filter" if max_evals == -1 else f"max_evals={max_evals:,}"
-        limits[label] = (200 * n if max_evals == -1 else max_evals) * m
+    counted = rows_budget(game, max_rows, max_evals)  # as the estimators resolve it
+    if counted is not None:
+        label = f"max_rows={max_rows:,}" if max_rows is not None else f"max_evals={max_evals:,}"
+        limits["the estimator's default budget" if max_rows is None and max_evals == -1 else label] = counted
     if estimate_seconds is not None:
         share = f", {estimate_seconds:,.0f} s of it for the estimate" if estimate_share < 1 or build_seconds else ""
         rows_per_second = world_size * rows_per_sample / max(per_sample, 1e-12)
@@ -198,10 +200,11 @@ def estimate_cost(
     rows = int(rows)
     samples = rows / rows_per_sample
     evals = rows / m
-    certify = CERTIFY_EVALS_PER_FILTER if sampling == "coalitions" else CERTIFY_EVALS_PER_FILTER / ROW_GAIN
     estimate = CostEstimate(
         **common, limited_by=limited_by, rows=rows, evals=evals, samples_per_filter=samples / n,
-        can_rank=samples / n >= RANK_SAMPLES, likely_certify=evals / n >= certify,
+        can_rank=samples / n >= RANK_SAMPLES,
+        likely_certify=evals / n >= CERTIFY_EVALS_PER_FILTER if sampling == "coalitions"
+        else rows / n >= CERTIFY_ROWS_PER_FILTER,
         rankable_filters=int(samples // RANK_SAMPLES),
     )
     if not estimate.can_rank:

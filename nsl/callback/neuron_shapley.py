@@ -404,7 +404,7 @@ class NeuronShapley(Callback):
             cost_estimate.time_rows(game, seed=self.seed) if per_example else seconds_per_eval / game.rows_per_eval
         )
         max_evals = spec.max_evals or self.max_evals
-        if max_evals is None and "max_evals" in params:  # the estimator's own default (tmab: -1, 200 per filter)
+        if max_evals is None and "max_evals" in params:  # the estimator's own default (tmab: -1)
             default = params["max_evals"].default
             max_evals = default if isinstance(default, int) else None
         estimate = cost_estimate.estimate_cost(
