@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from nsl import AccuracyGame, AdversarialGame, ClassGame, FairnessGame, FilterPlayers
+from nsl.callback.repair import report_games
+from nsl.callback.specs import parse_games
 from nsl.games import (
     EXAMPLE_SHAPES,
     CountingGame,
@@ -169,6 +171,19 @@ def test_fairness_fixed_group_metrics_decompose(model, fairness_data):
     assert float(weights[~on_worst].sum()) == pytest.approx(-1.0)
     assert gap.full_value() == pytest.approx(1 - abs(full[10] - full[11]), abs=1e-6)
     assert_decomposes(gap, seed=2)
+
+
+def test_a_fairness_repair_is_checked_on_the_minimum_over_groups(model, fairness_data):
+    # The analysis fixes the group worst on the full model; the repair's before/after check must see the
+    # minimum over groups, or pruning for one group could make the other the worse off unnoticed.
+    x, y, groups = fairness_data
+    specs = parse_games([{"kind": "fairness"}, {"kind": "fairness", "name": "gap", "metric": "accuracy_gap"}])
+    games = report_games(specs, model, EvalData(x, y, groups), seed=0)
+    assert games["fairness"].metric == "min_group_accuracy" and games["gap (fairness)"].metric == "accuracy_gap"
+    assert specs[0].options.get("metric") is None  # the analysed game is left as it was
+    hurt = torch.zeros(1, games["fairness"].n_players, dtype=torch.bool)
+    by_group = [_group_accuracy(model, x, y, groups, code) for code in (10, 11)]
+    assert float(games["fairness"](~hurt)) == pytest.approx(min(by_group), abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -652,7 +652,9 @@ def report_games(
         games["accuracy"] = AccuracyGame(model, players, data.inputs, data.targets)
     for label, g in labels.items():
         if data.has(specs[g].game_class.required_data):
-            fixed = {"class_index": picked[specs[g].name]} if picked and specs[g].name in picked else None
+            fixed = specs[g].game_class.check_options(specs[g].options)  # e.g. fairness: the minimum over groups
+            if picked and specs[g].name in picked:
+                fixed["class_index"] = picked[specs[g].name]
             games[label] = specs[g].build(model, players, data, seed=seed + g, fixed=fixed)
     return games
 

@@ -193,6 +193,12 @@ class ModelGame:
             )
         return None
 
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options of the game a repair measures before and after itself, from the analysed game's options
+        (the same game by default; a game whose analysed form fixes something the repair may change says so)."""
+        return dict(options)
+
     def share_with_ranks(self, share: Share) -> None:
         """Under DDP, replace what this rank computed differently (e.g. attack examples) by rank 0's."""
 

@@ -122,6 +122,17 @@ class FairnessGame(ModelGame):
                 options = {**options, "worst_group": worst, "best_group": best}
         return options
 
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """A repair is checked on the minimum over groups: pruning for the group that was worst may leave another
+        group worse off, which the fixed-group form (what the analysis decomposes) would not see."""
+        options = dict(options)
+        if options.get("metric", "worst_group_accuracy") == "worst_group_accuracy":
+            options["metric"] = "min_group_accuracy"
+        options.pop("worst_group", None)
+        options.pop("best_group", None)
+        return options
+
     def __init__(
         self, model: nn.Module, players: FilterPlayers, inputs: Tensor, targets: Tensor,
         groups: Tensor,
