@@ -95,6 +95,7 @@ class FairnessGame(ModelGame):
 
     required_data: ClassVar[Mapping[str, str]] = {"groups": "a sensitive attribute per example"}
     measures_defect = True
+    default_tail = "bottom"  # the culprits of unfairness, what a repair removes
 
     @classmethod
     def unsupported(cls, data: EvalData, options: Mapping[str, Any]) -> str | None:

@@ -514,19 +514,20 @@ class Budget:
 
 
 def rows_budget(game: Game, max_rows: int | None, max_evals: int | None) -> int | None:
-    """The budget in rows: ``max_rows`` as given, else ``max_evals`` full-set evaluations times the evaluation-set
-    size M; ``max_evals=-1`` is the default budget, per player the more of 200 full-set evaluations (200·M rows)
-    and 20,000 rows (what certifying a real network with per-example samples took: about 11,000 per filter on
-    the digits CNN); ``None`` when neither limits it."""
+    """The budget in rows: ``max_rows``, and ``max_evals`` full-set evaluations times the evaluation-set size M,
+    whichever runs out first. ``max_evals=-1`` with no ``max_rows`` is the default budget, per player the more of
+    200 full-set evaluations (200·M rows) and 20,000 rows (what certifying a real network with per-example samples
+    took: about 11,000 per filter on the digits CNN); ``None`` when nothing limits it."""
     n = int(getattr(game, "n_players", 0) or 0)
     rows_per_eval = int(getattr(game, "rows_per_eval", 1) or 1)
-    if max_rows is not None:
-        check_positive_int("max_rows", max_rows)
-        return max_rows
+    check_positive_int("max_rows", max_rows, allow_none=True)
     if max_evals == -1:
+        if max_rows is not None:
+            return max_rows
         return n * max(200 * rows_per_eval, 20_000) if n > 0 else None
     check_positive_int("max_evals", max_evals, allow_none=True)
-    return None if max_evals is None else max_evals * rows_per_eval
+    limits = [limit for limit in (max_rows, None if max_evals is None else max_evals * rows_per_eval) if limit]
+    return min(limits) if limits else None
 
 
 def sample(
