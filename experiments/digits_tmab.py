@@ -33,7 +33,7 @@ def boundary_spread(result: ShapleyResult) -> float:
     k = result.k
     near = order[max(0, k - 5) : k + 5]
     sd = result.stderr[near] * result.counts[near].double().sqrt()
-    return statistics.median(((sd / result.epsilon) ** 2).tolist())
+    return statistics.median(((sd / result.epsilon_value) ** 2).tolist())
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results[metric] = result
             rows.append([
                 metric, f"{game.full_value():.3f}", result.converged, f"{result.n_evals:,}", f"{result.seconds:.0f}",
-                f"{result.epsilon:.4f}", f"{boundary_spread(result):,.0f}",
+                f"{result.epsilon_value:.4f}", f"{boundary_spread(result):,.0f}",
                 f"{int(result.counts.min())}–{int(result.counts.max())}",
             ])
             print(f"{metric}: converged={result.converged}, {result.n_evals} evaluations, {result.seconds:.0f} s")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             order = ref.ranking()
             se = ref.stderr
             z = (ref.values[order[:k]] - ref.values[order[k]]) / (se[order[:k]] ** 2 + se[order[k]] ** 2).sqrt()
-            correct = eps_correct(mine.values, ref.values, k, mine.epsilon)
+            correct = eps_correct(mine.values, ref.values, k, mine.epsilon_value)
             shared = len(set(mine.top_k.tolist()) & set(ref.top_k.tolist()))
             tables["against a long reference"] = (
                 ["reference evaluations", "reference median stderr", "ref. top-10 separated at z > 2",

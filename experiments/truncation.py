@@ -40,6 +40,7 @@ from experiments import common, seeds
 from nsl import AccuracyGame, FilterPlayers, monte_carlo
 from nsl.data import load_digits_tensors
 from nsl.games import CountingGame
+from nsl.validation import resolve_top_k
 
 NAME = "truncation"
 COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
@@ -63,8 +64,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     quick = {"epochs": 3, "eval_size": 60, "orders": 8, "top_k": lambda k: min(k, 5)}
     args = common.parse_args(p, argv, quick=quick, positive=("epochs", "eval_size", "orders", "patience", "top_k"))
     args.levels = levels(args.truncations)
-    if args.top_k >= sum(args.channels):
-        raise ValueError(f"--top-k {args.top_k} must be below the model's {sum(args.channels)} filters.")
+    resolve_top_k(args.top_k, sum(args.channels), name="--top-k")  # below the model's filters
     return args
 
 

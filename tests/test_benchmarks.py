@@ -77,7 +77,7 @@ def test_sample_efficiency_quick_run(tmp_path, monkeypatch):
     for title, runs in out["games"].items():
         n = runs[0]["n"]
         for run in runs:
-            assert run["tmab"]["evals"] > 0 and run["epsilon"] > 0, title
+            assert run["tmab"]["evals"] > 0 and run["epsilon_value"] > 0, title
             for method, ladder in run["ladder"].items():
                 assert ladder, (title, method)
                 assert all(b % n == 0 and 0 <= p <= 1 for b, (_, p, _) in ladder.items()), (title, method)
@@ -98,7 +98,7 @@ def test_digits_tmab_quick_run(tmp_path, monkeypatch):
     out = digits_tmab.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
     assert set(out["results"]) == set(digits_tmab.METRICS)
     for result in out["results"].values():
-        assert 0 < result.n_evals <= 600 and result.epsilon > 0
+        assert 0 < result.n_evals <= 600 and result.epsilon_value > 0
     _, rows = out["tables"]["against a long reference"]
     assert len(rows) == 1 and rows[0][3] in (True, False)
     history = _history(out["wandb_dir"])

@@ -119,12 +119,27 @@ def test_tuple_batches_in_the_wrong_order(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("callback", "match"),
     [
-        ({"top_k": 20}, r"top_k=20 is too large for N=8 filters: use a top_k in \[1, 7\]"),
-        ({"games": [{"kind": "accuracy", "top_k": 8}]}, r"top_k=8 of game 'accuracy' is too large for N=8 filters"),
+        ({"top_k": 20}, r"^top_k=20 is not accepted for N=8 players; use an int in \[1, 7\] or None \(min\(10, "
+                        r"N − 1\)\)\. The players are the filters of layers='stem': select more layers"),
+        ({"games": [{"kind": "accuracy", "top_k": 8}]}, r"^accuracy\.top_k=8 is not accepted for N=8 players; use an "
+                                                         r"int in \[1, 7\]"),
+        # Before N is known (the constructor) the same rule and message, with N − 1 unresolved.
+        ({"top_k": 2.5}, r"^top_k=2\.5 is not accepted; use an int in \[1, N − 1\] or None"),
+        ({"games": [{"kind": "accuracy", "top_k": 0}]}, r"^accuracy\.top_k=0 is not accepted; use an int in "
+                                                         r"\[1, N − 1\]"),
     ],
 )
 def test_top_k_not_below_the_number_of_filters(tmp_path: Path, callback: dict, match: str) -> None:
     fails_before_training(tmp_path, match, layers="stem", **callback)
+
+
+def test_default_top_k_is_ten_capped_below_the_number_of_filters(tmp_path: Path) -> None:
+    """The callback's default is every estimator's: min(10, N − 1), so a layer of 8 filters separates 7."""
+    L.seed_everything(0, verbose=False)
+    train, val = loaders()
+    cb = NeuronShapley(**{**FAST, "top_k": None}, layers="stem")
+    user_trainer(tmp_path, [cb], epochs=1).fit(UserNet(), train, val)
+    assert cb.results["accuracy"].k == 7 and cb.results["accuracy"].n_players == 8
 
 
 @pytest.mark.parametrize("with_groups", [False, True])

@@ -27,7 +27,7 @@ def one_thread():
 
 def eps_correct(result: ShapleyResult, truth: torch.Tensor) -> bool:
     """The result's top-k (on the ends it certifies) is ε-correct for the exact values, at its own ε."""
-    return metrics.eps_correct(result.values, truth, result.k, result.epsilon, result.tail)
+    return metrics.eps_correct(result.values, truth, result.k, result.epsilon_value, result.tail)
 
 
 def false_certificates(shape: str, n: int, seeds: range, **options) -> tuple[int, int]:
@@ -270,7 +270,7 @@ def test_safeguards_are_what_keeps_the_promise():
     # The original rule as a configuration of the same loop does not converge on a network game.
     game = network_game(100, "rare", seed=0)
     original = tmab(game, 10, max_evals=5_000, **ORIGINAL_TMAB)
-    assert not original.converged and original.truncated and original.epsilon == 0
+    assert not original.converged and original.truncated and original.epsilon_value == 0
 
 
 def test_degenerate_and_constant_games_are_not_evidence():
@@ -282,7 +282,7 @@ def test_degenerate_and_constant_games_are_not_evidence():
     result = tmab(game, 10, tail="both", seed=0)
     full = float(game(torch.ones(1, 100, dtype=torch.bool)))
     assert result.full_value == result.empty_value == pytest.approx(full)
-    assert result.epsilon > 0  # the tolerance comes from the values seen, not from v(N) − v(∅) = 0
+    assert result.epsilon_value > 0  # the tolerance comes from the values seen, not from v(N) − v(∅) = 0
     assert not result.converged or eps_correct(result, game.shapley())
 
 
@@ -291,7 +291,7 @@ def test_result_carries_its_promise():
     result = tmab(game, 10, seed=0)
     assert result.converged and result.delta == 0.05 and not result.truncated
     seen = float(result.stats["value_high"] - result.stats["value_low"])
-    assert result.epsilon == pytest.approx(0.01 * max(0.84, seen)) and seen >= 0.84
+    assert result.epsilon_value == pytest.approx(0.01 * max(0.84, seen)) and seen >= 0.84
     assert "probability ≥ 0.95" in result.guarantee and "top-10" in result.guarantee
     assert eps_correct(result, game.shapley())
     assert result == ShapleyResult.from_dict(result.to_dict())

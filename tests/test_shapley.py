@@ -12,7 +12,7 @@ import torch
 from conftest import assert_unchanged, snapshot
 from nsl import AccuracyGame, FilterPlayers, ShapleyResult, exact, monte_carlo, tmab
 from nsl.games import HarsanyiGame, additive_game, pairwise_game
-from nsl.shapley import confidence_radius
+from nsl.shapley import confidence_radius, metrics
 from nsl.shapley.result import RunningStats
 
 
@@ -232,7 +232,8 @@ def test_budget_cuts_a_scan_longer_than_the_budget(estimator):
         ({"top_k": 0}, r"top_k=0 .* use an int in \[1, 59\]"),
         ({"top_k": 60}, "top_k=60"),
         ({"delta": 1.5}, "delta=1.5"),
-        ({"epsilon": -0.1}, "epsilon=-0.1"),
+        ({"epsilon_fraction": -0.1}, "epsilon_fraction=-0.1"),
+        ({"epsilon_fraction": 1.0}, r"epsilon_fraction=1\.0 .* \[0, 1\)"),
         ({"max_evals": 0}, "max_evals=0"),
         ({"bound": "hoeffding"}, "bound='hoeffding'"),
         ({"tail": "middle"}, "tail='middle'"),
@@ -248,6 +249,50 @@ def test_tmab_bad_arguments_fail_before_any_evaluation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tmab(game, **kwargs)
     assert game.n_evals == 0
+
+
+def test_epsilon_goes_in_as_a_fraction_and_comes_out_in_value_units():
+    """``epsilon_fraction`` (of the value scale) in, ``epsilon_value`` (value units) out; the old names still work,
+    with a warning, and an old result file's ``epsilon`` is read as ``epsilon_value``."""
+    game = _planted_game()
+    result = tmab(game, 5, epsilon_fraction=0.02, seed=0)
+    seen = float(result.stats["value_high"] - result.stats["value_low"])
+    scale = max(abs(result.full_value - result.empty_value), seen)
+    assert result.converged and result.epsilon_value == pytest.approx(0.02 * scale) and scale > 0.5
+    assert f"ε = {result.epsilon_value:.4g}" in result.guarantee
+    # The old argument name means the same fraction: the same run, and a FutureWarning naming the new name.
+    with pytest.warns(FutureWarning, match="epsilon= is renamed epsilon_fraction="):
+        assert tmab(game, 5, epsilon=0.02, seed=0) == result
+    evals = game.n_evals
+    with pytest.raises(TypeError, match="give only epsilon_fraction"):
+        tmab(game, 5, epsilon=0.02, epsilon_fraction=0.03)
+    assert game.n_evals == evals
+    # The old attribute is a read-only alias of epsilon_value; files hold "epsilon_value", old files "epsilon".
+    with pytest.warns(DeprecationWarning, match="epsilon_value"):
+        assert result.epsilon == result.epsilon_value
+    with pytest.raises(AttributeError):
+        result.epsilon = 1.0
+    saved = result.to_dict()
+    assert "epsilon" not in saved and saved["epsilon_value"] == result.epsilon_value
+    saved["epsilon"] = saved.pop("epsilon_value")
+    assert ShapleyResult.from_dict(saved) == result
+
+
+def test_one_top_k_rule_for_every_estimator():
+    """Default min(10, N − 1); an int in [1, N − 1]; the same message everywhere, before any evaluation."""
+    small, large = TableGame(torch.rand(2**6, generator=torch.Generator().manual_seed(0))), _planted_game(30)
+    assert exact(small).k == monte_carlo(small, 2).k == tmab(small, max_evals=50).k == 5
+    assert exact(small, top_k=2).k == 2 and monte_carlo(large, 2).k == tmab(large, max_evals=100).k == 10
+    message = r"^top_k=6 is not accepted for N=6 players; use an int in \[1, 5\] or None \(min\(10, N − 1\)\)\.$"
+    for estimate in (exact, lambda g, **kw: monte_carlo(g, 2, **kw), tmab):
+        small.calls = 0
+        with pytest.raises(ValueError, match=message):
+            estimate(small, top_k=6)
+        assert small.calls == 0
+    with pytest.raises(ValueError, match=message):
+        metrics.eps_correct(torch.rand(6), torch.rand(6), 6, 0.0)
+    with pytest.raises(ValueError, match=r"^top_k=True is not accepted"):
+        tmab(small, top_k=True)
 
 
 def test_not_a_game_is_rejected():

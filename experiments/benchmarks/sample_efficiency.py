@@ -55,11 +55,11 @@ def budgets_for(n: int, cap: int, method: str) -> list[int]:
     return [m * n for m in LADDER if m <= cap and m * n >= least]
 
 
-def scores(values: Tensor, truth: Tensor, epsilon: float) -> tuple[bool, float, float]:
+def scores(values: Tensor, truth: Tensor, epsilon_value: float) -> tuple[bool, float, float]:
     """(ε-correct, ε-precision, normalised squared error) of an estimate's top-10."""
     return (
-        eps_correct(values, truth, 10, epsilon),
-        eps_precision(values, truth, 10, epsilon),
+        eps_correct(values, truth, 10, epsilon_value),
+        eps_precision(values, truth, 10, epsilon_value),
         normalized_squared_error(values, truth),
     )
 
@@ -70,12 +70,13 @@ def play(game: Game, truth: Tensor, seed: int, caps: dict[str, int]) -> dict[str
     n = meter.n_players
     start = time.perf_counter()
     certified = tmab(meter, 10, seed=seed)
-    epsilon = float(certified.epsilon)
+    epsilon_value = float(certified.epsilon_value)  # ε in value units, what tmab certified
     out: dict[str, Any] = {
         "n": n,
-        "epsilon": epsilon,
+        "epsilon_value": epsilon_value,
         "tmab": {"evals": certified.n_evals, "converged": certified.converged,
-                 "correct": eps_correct(certified.values, truth, 10, epsilon), "seconds": time.perf_counter() - start},
+                 "correct": eps_correct(certified.values, truth, 10, epsilon_value),
+                 "seconds": time.perf_counter() - start},
         "ladder": {},
     }
     for method in METHODS:
@@ -88,7 +89,7 @@ def play(game: Game, truth: Tensor, seed: int, caps: dict[str, int]) -> dict[str
         else:
             options = ORIGINAL_TMAB if method == "original_tmab" else {}
             estimates = {b: tmab(meter, 10, seed=seed, max_evals=b, **options).values for b in budgets}
-        out["ladder"][method] = {b: scores(v, truth, epsilon) for b, v in estimates.items()}
+        out["ladder"][method] = {b: scores(v, truth, epsilon_value) for b, v in estimates.items()}
     return out
 
 
@@ -213,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         targets += target
         budget_rows += table
         summary.update(scalars)
-    eps = {title: statistics.median(r["epsilon"] for r in runs) for title, runs in games.items()}
+    eps = {title: statistics.median(r["epsilon_value"] for r in runs) for title, runs in games.items()}
     header = (
         "tmab: default settings until certified (δ = 0.05, top-10); the other columns: the 90 % budget of each "
         "method (smallest ladder budget with ≥ 90 % of seeds ε-correct; bracketed by the rung below) and its ratio "

@@ -38,7 +38,7 @@ from nsl.report import (
     write_csv,
 )
 from nsl.shapley import ESTIMATORS, LightningCollective, ShapleyResult, discounted
-from nsl.validation import check_bool, check_choice, check_int, check_number
+from nsl.validation import check_bool, check_choice, check_int, check_number, resolve_top_k
 
 MAX_INTERACTIONS = 12
 #: The share of old samples kept by ``accumulate=True``: the previous run's statistics count half, so intervals
@@ -123,7 +123,8 @@ class NeuronShapley(Callback):
             (``None``: every ``Conv2d``).
         ablation: how a removed filter is silenced: ``"zero"``, ``"mean"`` or ``"bn_beta"``.
         estimator: a registered estimator: ``"tmab"`` (top-k bandit), ``"monte_carlo"``, ``"exact"`` (N ≤ 20) ...
-        top_k: how many top filters to separate, log and report.
+        top_k: how many top filters to separate, log and report (``None``: 10, at most N − 1 for N filters);
+            an int must be below N, which the dry run checks before training.
         every_n_epochs: run at the end of every n-th validation epoch (``None``: only when training ends).
         start_epoch: first epoch to run at, an int or a fraction of ``max_epochs`` (e.g. ``0.5``).
         at_fit_end: run once more when training ends.
@@ -136,7 +137,8 @@ class NeuronShapley(Callback):
             game's whole analysis (building the game, the estimate, the removal curve and interactions) with an
             overshoot of at most one batch of evaluations; the dry run prints what the budget buys.
         seed: seeds every estimator and game (run r of game g uses its own derived seed).
-        estimator_kwargs: further keywords for the estimator (``epsilon``, ``truncation``, ``n_permutations`` ...).
+        estimator_kwargs: further keywords for the estimator (tmab's ``epsilon_fraction``, ``delta``; ``truncation``,
+            ``n_permutations`` ...).
         accumulate: continue sampling from the previous run's statistics instead of starting afresh. A number in
             (0, 1] is the share of the old samples kept: old statistics count as that many samples (means and
             variances kept), so intervals widen again and players resolved on an earlier model are re-sampled;
@@ -179,7 +181,7 @@ class NeuronShapley(Callback):
         layers: str | Sequence[str] | None = None,
         ablation: str = "zero",
         estimator: str = "tmab",
-        top_k: int = 10,
+        top_k: int | None = None,
         every_n_epochs: int | None = None,
         start_epoch: int | float = 0,
         at_fit_end: bool = True,
@@ -243,7 +245,7 @@ class NeuronShapley(Callback):
         """Every constructor argument, checked before any training starts (like ModelCheckpoint's)."""
         check_choice("ablation", self.ablation, ABLATIONS)
         check_choice("estimator", self.estimator, ESTIMATORS)
-        check_int("top_k", self.top_k, low=1)
+        resolve_top_k(self.top_k, None)  # against N in the dry run
         check_int("every_n_epochs", self.every_n_epochs, low=1, optional=True)
         if isinstance(self.start_epoch, float):
             check_number("start_epoch", self.start_epoch, low=0, high=1, high_open=True)
@@ -375,7 +377,7 @@ class NeuronShapley(Callback):
                     self.skipped[spec.name] = reason
                     rank_zero_info(f"[NeuronShapley] skipping game {spec.name!r} (required: false): {reason}.")
                     continue
-                self._check_top_k(spec, len(players))
+                self._resolve_top_k(spec, len(players))
                 try:
                     start = time.perf_counter()
                     game = self._build(g, spec, pl_module, players, data, share)
@@ -453,16 +455,16 @@ class NeuronShapley(Callback):
         """Options the callback froze for this game: the class a class game picked."""
         return {"class_index": self.picked[spec.name]} if spec.name in self.picked else {}
 
-    def _check_top_k(self, spec: GameSpec, n_players: int) -> int:
-        """The game's ``top_k``, which must leave at least one player outside it: in [1, N − 1]."""
-        top_k = spec.top_k or self.top_k
-        if top_k > n_players - 1:
-            which = f"top_k={top_k} of game {spec.name!r}" if spec.top_k else f"top_k={top_k}"
-            raise ValueError(
-                f"{which} is too large for N={n_players} filters: use a top_k in [1, {n_players - 1}] "
-                f"(or select more layers)."
-            )
-        return top_k
+    def _resolve_top_k(self, spec: GameSpec, n_players: int) -> int:
+        """The game's ``top_k`` (its spec's, else the callback's) resolved against the N filters: the same rule and
+        message as every estimator's (:func:`~nsl.validation.resolve_top_k`), plus where more filters come from."""
+        own = spec.top_k is not None
+        name = f"{spec.name}.top_k" if own else "top_k"
+        try:
+            return resolve_top_k(spec.top_k if own else self.top_k, n_players, name=name)
+        except ValueError as err:
+            raise ValueError(f"{err} The players are the filters of layers={self.layers!r}: select more layers "
+                             "for a larger top_k.") from None
 
     def _warn_output_layer(self, model: nn.Module, players: FilterPlayers, n_outputs: int) -> None:
         """Warn when the model's output layer is among the players: its features are the logits themselves."""
@@ -629,7 +631,7 @@ class NeuronShapley(Callback):
                     if self._picks_class(spec) and spec.name not in self.picked:
                         self._pick(spec.name, int(game.class_index))  # type: ignore[attr-defined]
                     seed = self.seed + 1009 * self.runs + 101 * g
-                    top_k = self._check_top_k(spec, len(players))
+                    top_k = self._resolve_top_k(spec, len(players))
                     weight = self._accumulate_weight(spec, len(players))
                     result = self._estimate(
                         spec, game, players, top_k, seed, progress, collective, weight, clock.estimate_seconds()

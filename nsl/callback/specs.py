@@ -20,7 +20,7 @@ from torch import nn
 
 from nsl.games import GAMES, EvalData, ModelGame
 from nsl.players import FilterPlayers
-from nsl.validation import check_bool, check_int, check_number
+from nsl.validation import check_bool, check_int, check_number, resolve_top_k
 
 RESERVED = (
     "kind", "name", "top_k", "max_evals", "max_rows", "max_seconds", "negative_culprits", "tail", "required",
@@ -137,7 +137,7 @@ def _parse_one(item: str | Mapping[str, Any]) -> GameSpec:
             f"game {name!r} ({kind}): unknown option(s) {unknown}; {cls.__name__} accepts {own}, "
             f"and every spec the reserved keys {list(RESERVED)}."
         )
-    check_int(f"{name}.top_k", spec.top_k, low=1, optional=True)
+    resolve_top_k(spec.top_k, None, name=f"{name}.top_k")  # against N in the callback's dry run
     check_int(f"{name}.max_evals", spec.max_evals, low=1, optional=True)
     check_int(f"{name}.max_rows", spec.max_rows, low=1, optional=True)
     check_number(f"{name}.max_seconds", spec.max_seconds, positive=True, optional=True)

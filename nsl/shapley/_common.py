@@ -23,21 +23,6 @@ def check_positive_int(name: str, value: object, allow_none: bool = False) -> No
         raise ValueError(f"{name}={value!r} is not accepted; use {accepted}.")
 
 
-def check_top_k(top_k: object, n_players: int) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 < top_k < n_players:
-        raise ValueError(
-            f"top_k={top_k!r} is not accepted for {n_players} players; use an int in [1, {n_players - 1}]."
-        )
-
-
-def resolve_top_k(top_k: int | None, n_players: int) -> int:
-    """``top_k`` checked against N, or ``min(10, N − 1)`` when it is None (every estimator's default)."""
-    if top_k is None:
-        return max(1, min(10, n_players - 1))
-    check_top_k(top_k, n_players)
-    return top_k
-
-
 TAILS = ("top", "bottom", "both")
 
 

@@ -9,9 +9,10 @@ import torch
 from torch import Tensor
 
 from nsl.games.base import Game
-from nsl.shapley._common import CountingGame, check_positive_int, check_tail, player_names, resolve_top_k
+from nsl.shapley._common import CountingGame, check_positive_int, check_tail, player_names
 from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import ShapleyResult
+from nsl.validation import resolve_top_k
 
 MAX_EXACT_PLAYERS = 20
 
@@ -64,6 +65,7 @@ def exact(
         )
     check_positive_int("batch_size", batch_size)
     check_tail(tail)
+    k = resolve_top_k(top_k, n)  # before the 2ᴺ evaluations
     start = time.perf_counter()
     values = all_values(counted, batch_size)
     phi = shapley_from_values(values)
@@ -73,7 +75,7 @@ def exact(
         counts=torch.full((n,), 2 ** (n - 1), dtype=torch.int64),
         n_evals=counted.n_evals,
         converged=True,
-        k=resolve_top_k(top_k, n),
+        k=k,
         names=player_names(game, names),
         method="exact",
         seconds=time.perf_counter() - start,

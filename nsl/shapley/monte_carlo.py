@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from nsl.games.base import Game
-from nsl.shapley._common import check_positive_int, check_tail, player_names, resolve_top_k
+from nsl.shapley._common import check_positive_int, check_tail, player_names
 from nsl.shapley.distributed import Collective
 from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import ShapleyResult
 from nsl.shapley.sampler import Budget, result_from_state, rows_budget, sample
 from nsl.shapley.scan import PermutationSampler
+from nsl.validation import resolve_top_k
 
 
 @ESTIMATORS.register("monte_carlo")
@@ -47,6 +48,9 @@ def monte_carlo(
     """
     check_positive_int("n_permutations", n_permutations)
     check_tail(tail)
+    n = getattr(game, "n_players", None)
+    if isinstance(n, int):  # before v(N) and v(∅) are evaluated
+        resolve_top_k(top_k, n)
     budget = Budget(rows_budget(game, None, max_evals), max_seconds)  # evaluations of the whole set, in rows
     sampler = PermutationSampler(
         game,
@@ -58,6 +62,7 @@ def monte_carlo(
         resume=resume,
         collective=collective,
     )
+    k = resolve_top_k(top_k, sampler.n_players)
     everyone = torch.ones(sampler.n_players, dtype=torch.bool)
     interrupted = sample(
         sampler,
@@ -70,7 +75,7 @@ def monte_carlo(
     return result_from_state(
         sampler,
         converged=sampler.scans >= n_permutations,
-        k=resolve_top_k(top_k, sampler.n_players),
+        k=k,
         names=player_names(game, names),
         method="monte_carlo",
         interrupted=interrupted,

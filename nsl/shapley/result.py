@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,8 @@ class ShapleyResult:
         counts: marginal samples behind each estimate, (N,) int64.
         n_evals: coalitions the game evaluated for this result (counted at the game).
         converged: exact, or certified: with probability ≥ 1 − ``delta`` the returned top-k (and bottom-k for
-            ``tail="bottom"|"both"``) is ``epsilon``-correct: every returned player's true value is ≥ the true
-            k-th value − ε and every player left out is ≤ it + ε (see :attr:`guarantee`).
+            ``tail="bottom"|"both"``) is ε-correct, ε = ``epsilon_value``: every returned player's true value is
+            ≥ the true k-th value − ε and every player left out is ≤ it + ε (see :attr:`guarantee`).
         k: how many players ``top_k`` lists.
         names: player names (``"<module>:<channel>"`` for filters) when known.
         method: the estimator that produced it.
@@ -162,7 +163,8 @@ class ShapleyResult:
         local_evals: coalitions this process evaluated itself (``n_evals`` is the total over all ranks);
             ``None`` means the same as ``n_evals`` (one process).
         tail: which end of the ranking the certificate covers: ``"top"``, ``"bottom"`` or ``"both"``.
-        epsilon: the certificate's tolerance in value units (None when nothing is certified by an interval).
+        epsilon_value: the certificate's tolerance ε in value units (None when nothing is certified by an interval);
+            the estimator's ``epsilon_fraction`` times the game's value scale. Old name: :attr:`epsilon`.
         delta: the certificate's allowed failure probability.
         truncated: the promise is about the truncated game (scans cut at the collapse), not the game itself.
         note: why the result could not be certified, when the estimator knows (e.g. a game that looks constant).
@@ -190,7 +192,7 @@ class ShapleyResult:
     world_size: int = 1
     local_evals: int | None = None
     tail: str = "top"
-    epsilon: float | None = None
+    epsilon_value: float | None = None
     delta: float | None = None
     truncated: bool = False
     note: str = ""
@@ -203,13 +205,13 @@ class ShapleyResult:
         """One sentence saying what ``converged`` promises for this result."""
         if self.method == "exact":
             return "exact values: every coalition was evaluated."
-        if not self.converged or self.epsilon is None or self.delta is None:
+        if not self.converged or self.epsilon_value is None or self.delta is None:
             return "no guarantee: not certified" + (f" ({self.note})" if self.note else "") + "."
         ends = {"top": f"top-{self.k}", "bottom": f"bottom-{self.k}", "both": f"top-{self.k} and bottom-{self.k}"}
         game = "the truncated game" if self.truncated else "the game"
         return (
             f"with probability ≥ {1 - self.delta:g} the {ends[self.tail]} is ε-correct for {game}: every returned "
-            f"player's value is ≥ the k-th value − ε and every other player's ≤ it + ε, ε = {self.epsilon:.4g}."
+            f"player's value is ≥ the k-th value − ε and every other player's ≤ it + ε, ε = {self.epsilon_value:.4g}."
         )
 
     def __eq__(self, other: object) -> bool:
@@ -350,7 +352,7 @@ class ShapleyResult:
             "world_size": int(self.world_size),
             "local_evals": None if self.local_evals is None else int(self.local_evals),
             "tail": self.tail,
-            "epsilon": None if self.epsilon is None else float(self.epsilon),
+            "epsilon_value": None if self.epsilon_value is None else float(self.epsilon_value),
             "delta": None if self.delta is None else float(self.delta),
             "truncated": bool(self.truncated),
             "note": self.note,
@@ -359,9 +361,19 @@ class ShapleyResult:
             "min_rank_samples": int(self.min_rank_samples),
         }
 
+    @property
+    def epsilon(self) -> float | None:
+        """The old name of :attr:`epsilon_value` (value units, not the estimator's fraction); read-only."""
+        warnings.warn("ShapleyResult.epsilon is renamed epsilon_value (value units).", DeprecationWarning, stacklevel=2)
+        return self.epsilon_value
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShapleyResult:
-        """The inverse of :meth:`to_dict`; fields missing from an older file keep their defaults."""
+        """The inverse of :meth:`to_dict`; fields missing from an older file keep their defaults, and an older
+        file's ``epsilon`` (already in value units) is read as ``epsilon_value``."""
+        data = dict(data)
+        if "epsilon" in data:
+            data.setdefault("epsilon_value", data.pop("epsilon"))
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

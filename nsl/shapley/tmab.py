@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from nsl.games.base import Game
-from nsl.shapley._common import check_positive_int, check_tail, check_top_k, player_names, resolve_top_k
+from nsl.shapley._common import check_positive_int, check_tail, player_names
 from nsl.shapley.bounds import (
     BOUNDS,
     bernstein_radius,
@@ -43,6 +43,7 @@ from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import ShapleyResult
 from nsl.shapley.sampler import Budget, Sampler, SampleState, result_from_state, rows_budget, sample
 from nsl.shapley.scan import PermutationSampler, check_fraction
+from nsl.validation import renamed_argument, resolve_top_k
 
 SAMPLERS = ("positions", "scan")
 
@@ -57,7 +58,7 @@ ORIGINAL_TMAB: dict[str, object] = {
     "anytime": False,
     "delta": 0.2,
     "union_bound": False,
-    "epsilon": 0.0,
+    "epsilon_fraction": 0.0,
     "prior_samples": 0.0,
     "min_samples": 2,
     "truncation": 0.25,
@@ -134,7 +135,7 @@ def tmab(
     *,
     tail: str = "top",
     delta: float = 0.05,
-    epsilon: float = 0.01,
+    epsilon_fraction: float = 0.01,
     sampler: str = "positions",
     bound: str = "clt",
     union_bound: bool = True,
@@ -157,13 +158,14 @@ def tmab(
     collective: Collective | object | None = None,
     per_example: bool | None = None,
     rare_event_floor: bool = True,
+    epsilon: float | None = None,
 ) -> ShapleyResult:
     """Estimate Shapley values until the ``top_k`` players are certified, sampling only the undecided ones.
 
     ``converged=True`` means: with probability ≥ 1 − ``delta`` every returned player's true value is ≥ the
-    true k-th value − ε and every player left out is ≤ it + ε, with ε = ``epsilon`` × the game's value scale
-    (|v(N) − v(∅)|, or the spread of the values seen when that is larger); the result carries ε in value
-    units (``result.epsilon``) and δ, and ``result.guarantee`` says it in a sentence.
+    true k-th value − ε and every player left out is ≤ it + ε, with ε = ``epsilon_fraction`` × the game's value
+    scale (|v(N) − v(∅)|, or the spread of the values seen when that is larger); the result carries ε in value
+    units (``result.epsilon_value``) and δ, and ``result.guarantee`` says it in a sentence.
 
     Args:
         game: any game (``n_players`` and ``__call__(present) -> values``).
@@ -171,7 +173,8 @@ def tmab(
         tail: which end to certify: the ``"top"`` k (most valuable), the ``"bottom"`` k (most negative: the
             culprits of accuracy or fairness games) or ``"both"``.
         delta: allowed probability that the certificate is wrong.
-        epsilon: tolerance as a fraction of the game's value scale.
+        epsilon_fraction: the tolerance ε as a fraction of the game's value scale (above), not in value units
+            (ε in value units is ``result.epsilon_value``).
         sampler: ``"positions"`` (importance-weighted scan positions at shared coalitions; unbiased) or
             ``"scan"`` (permutation scans, optionally truncated).
         bound: ``"clt"`` (asymptotic confidence sequence with a pooled variance prior) or ``"bernstein"``
@@ -208,6 +211,8 @@ def tmab(
         rare_event_floor: add to every interval the mass a rare event could still hide behind a player's samples
             (:func:`~nsl.shapley.bounds.rare_event_radius`): what keeps a player whose samples are all 0 from
             being certified out before its rare event could have shown. Off only for ablations.
+        epsilon: the old name of ``epsilon_fraction`` (same meaning, a fraction; warns). Renamed so that the
+            fraction in and the value-unit tolerance out (``result.epsilon_value``) cannot be mixed up.
 
     Example:
         >>> from nsl.games.synthetic import network_game
@@ -218,11 +223,12 @@ def tmab(
     """
     n = getattr(game, "n_players", None)
     if isinstance(n, int) and top_k is not None:
-        check_top_k(top_k, n)
+        resolve_top_k(top_k, n)
     check_tail(tail)
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
         raise ValueError(f"delta={delta!r} is not accepted; use a number in (0, 1).")
-    check_fraction("epsilon", epsilon, allow_none=False)
+    epsilon_fraction = renamed_argument("epsilon", epsilon, "epsilon_fraction", epsilon_fraction, 0.01)
+    check_fraction("epsilon_fraction", epsilon_fraction, allow_none=False)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r} is not supported; use one of {SAMPLERS}.")
     if bound not in BOUNDS:
@@ -254,7 +260,7 @@ def tmab(
     pair_level = delta / max(1, n * (n - 1)) if union_bound else delta
     if engine.collective is not None:
         check_same(
-            engine.collective, top_k=top_k, delta=delta, epsilon=epsilon, min_samples=min_samples,
+            engine.collective, top_k=top_k, delta=delta, epsilon_fraction=epsilon_fraction, min_samples=min_samples,
             max_rows=budget.max_rows, union_bound=union_bound, bound=BOUNDS.index(bound), tail=("top", "bottom",
             "both").index(tail), sampler=SAMPLERS.index(sampler), prior_samples=prior_samples,
         )
@@ -263,7 +269,7 @@ def tmab(
 
     def next_active() -> Tensor | None:
         stats = engine.stats
-        tolerance = epsilon * engine.scale
+        tolerance = epsilon_fraction * engine.scale
         if engine.scale == 0 and bool((stats.count >= min_samples).all()) and not bool(stats.var.any()):
             verdict["note"] = "every coalition evaluated had the same value: the game looks constant"
             return None
@@ -300,7 +306,7 @@ def tmab(
         method="tmab",
         seconds=budget.seconds,
         tail=tail,
-        epsilon=epsilon * engine.scale,
+        epsilon_value=epsilon_fraction * engine.scale,
         delta=delta,
         truncated=truncated,
         note=str(verdict["note"]),
