@@ -133,9 +133,9 @@ class NeuronShapley(Callback):
             instead of the validation data.
         max_evals, max_rows, max_seconds: budget per game and run; the result says whether it converged first.
             ``max_evals`` counts full-set evaluations, ``max_rows`` rows through the model ((coalition, example)
-            pairs; it wins over ``max_evals``; given to estimators that take it). ``max_seconds`` bounds each
-            game's whole analysis (building the game, the estimate, the removal curve and interactions) with an
-            overshoot of at most one batch of evaluations; the dry run prints what the budget buys.
+            pairs; whichever of the two runs out first stops; given to estimators that take it). ``max_seconds``
+            bounds each game's whole analysis (building the game, the estimate, the removal curve and interactions)
+            with an overshoot of at most one batch of evaluations; the dry run prints what the budget buys.
         seed: seeds every estimator and game (run r of game g uses its own derived seed).
         estimator_kwargs: further keywords for the estimator (tmab's ``epsilon_fraction``, ``delta``; ``truncation``,
             ``n_permutations`` ...).
@@ -708,7 +708,7 @@ class NeuronShapley(Callback):
         if max_evals is not None:  # else the estimator's own default budget
             common["max_evals"] = max_evals
         max_rows = spec.max_rows or self.max_rows
-        if max_rows is not None:  # the estimator takes it (checked in __init__); it wins over max_evals there
+        if max_rows is not None:  # the estimator takes it (checked in __init__); the first budget to run out stops
             common["max_rows"] = max_rows
         estimator = ESTIMATORS[self.estimator]
         batch = self._batch_cap(spec, game, "sample")
