@@ -111,7 +111,6 @@ def test_max_rows_bounds_the_estimators_rows(tmp_path: Path) -> None:
         ({"max_rows": 0}, "max_rows=0 is not accepted"),
         ({"max_rows": 1.5}, "max_rows=1.5 is not accepted"),
         ({"games": [{"kind": "accuracy", "max_rows": -5}]}, "accuracy.max_rows=-5"),
-        ({"estimator": "exact", "max_rows": 100}, "estimator 'exact' takes no rows budget"),
         ({"curve_share": 1.0}, "curve_share=1.0 is not accepted"),
         ({"curve_share": 0}, "curve_share=0 is not accepted"),
     ],
@@ -119,6 +118,15 @@ def test_max_rows_bounds_the_estimators_rows(tmp_path: Path) -> None:
 def test_bad_budgets_fail_in_the_constructor(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         NeuronShapley(**kwargs)
+
+
+def test_a_rows_budget_reaches_estimators_without_one_as_evaluations_or_is_ignored() -> None:
+    # game=all sets max_rows for every game; an estimator that counts full-set evaluations gets the same budget
+    # in those, one whose work is fixed ignores it, and each says so once, in the constructor.
+    with pytest.warns(UserWarning, match="'monte_carlo' takes no rows budget; it gets the same budget as full-set"):
+        NeuronShapley(estimator="monte_carlo", max_rows=1_000)
+    with pytest.warns(UserWarning, match="'exact' takes no rows budget; its work is fixed"):
+        NeuronShapley(estimator="exact", max_rows=1_000)
 
 
 def test_full_set_sampling_names_the_evaluation_set_as_a_lever(tmp_path: Path) -> None:

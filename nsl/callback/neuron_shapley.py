@@ -269,11 +269,14 @@ class NeuronShapley(Callback):
             raise ValueError(f"estimator_kwargs sets {clash}; set them as the callback's own arguments instead.")
         fn = ESTIMATORS[self.estimator]
         rows_budgets = [self.max_rows, *(s.max_rows for s in self.specs)]
-        if any(r is not None for r in rows_budgets) and "max_rows" not in _accepted(fn, {"max_rows": None}):
-            raise ValueError(
-                f"max_rows is set, but estimator {self.estimator!r} takes no rows budget: use max_evals or "
-                "max_seconds with it, or an estimator that takes max_rows (tmab)."
+        takes = _accepted(fn, {"max_rows": None, "max_evals": None})
+        if any(r is not None for r in rows_budgets) and "max_rows" not in takes:
+            # A rows budget from a shared config (game=all sets one) must not break an estimator without one.
+            instead = (
+                "it gets the same budget as full-set evaluations (max_rows / evaluation-set size)"
+                if "max_evals" in takes else "its work is fixed, so the rows budget is ignored"
             )
+            rank_zero_warn(f"NeuronShapley: estimator {self.estimator!r} takes no rows budget; {instead}.")
         unknown = sorted(set(self.estimator_kwargs) - set(_accepted(fn, dict.fromkeys(self.estimator_kwargs))))
         if unknown:
             accepted = sorted(set(inspect.signature(fn).parameters) - {"game", *COMMON_ESTIMATOR_ARGS})
@@ -708,9 +711,12 @@ class NeuronShapley(Callback):
         if max_evals is not None:  # else the estimator's own default budget
             common["max_evals"] = max_evals
         max_rows = spec.max_rows or self.max_rows
-        if max_rows is not None:  # the estimator takes it (checked in __init__); the first budget to run out stops
-            common["max_rows"] = max_rows
         estimator = ESTIMATORS[self.estimator]
+        if max_rows is not None and "max_rows" in _accepted(estimator, {"max_rows": None}):
+            common["max_rows"] = max_rows  # the first budget to run out stops
+        elif max_rows is not None:  # as full-set evaluations, for an estimator that counts those (see __init__)
+            evals = -(-max_rows // max(1, int(getattr(game, "rows_per_eval", 1))))
+            common["max_evals"] = min(evals, common.get("max_evals", evals))
         batch = self._batch_cap(spec, game, "sample")
         if batch is not None and "batch_size" not in self.estimator_kwargs:
             common["batch_size"] = batch
