@@ -122,17 +122,22 @@ def test_anytime_bounds_are_wider_than_fixed_ones_and_shrink():
     assert torch.all(bern > anytime) and torch.isinf(bernstein_radius(var, torch.tensor([1, 1, 1]), 0.001, 1.0)).all()
 
 
+def rare_event_streams(players: int, length: int, rate: float, seed: int) -> tuple[torch.Tensor, ...]:
+    """Sample counts, running means and variances of streams of 0/1 samples that are 1 with probability ``rate``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.where(torch.rand(players, length, generator=g) < rate, 1.0, 0.0).double()
+    n = torch.arange(1, length + 1, dtype=torch.float64).expand(players, -1)
+    mean = x.cumsum(1) / n
+    return n, mean, ((x**2).cumsum(1) - n * mean**2) / (n - 1).clamp(min=1)
+
+
 def test_pooled_anytime_bound_covers_rare_events_at_every_look():
     # 400 players whose samples are a rare event (1 with probability 0.2, else 0), looked at after every
     # sample from 10 samples on, as tmab looks: with the pooled prior and the confidence sequence the share of
     # players whose interval ever misses stays ≤ α; with each player's own variance and fixed-n intervals
     # (the original rule's kind) most miss at some look.
-    g = torch.Generator().manual_seed(1)
-    alpha, players, length, rate = 0.1, 400, 600, 0.2
-    x = torch.where(torch.rand(players, length, generator=g) < rate, 1.0, 0.0).double()
-    n = torch.arange(1, length + 1, dtype=torch.float64).expand(players, -1)
-    mean = x.cumsum(1) / n
-    var = ((x**2).cumsum(1) - n * mean**2) / (n - 1).clamp(min=1)
+    alpha, rate = 0.1, 0.2
+    n, mean, var = rare_event_streams(players=400, length=600, rate=rate, seed=1)
     prior = var.topk(10, dim=0).values.mean(dim=0)  # the mean of the ten largest variances, at each look
     pooled = clt_radius((n * var + 5 * prior) / (n + 5), n, alpha)
     own = clt_radius(var, n, alpha, anytime=False)
@@ -144,12 +149,8 @@ def test_rare_event_floor_covers_what_no_sample_has_seen():
     # The issue's failure: a key player whose marginal is large (1) in a few positions only, among quiet players
     # (pooled prior variance 1e-4): after tens of samples that all missed, the CLT interval alone is narrow and
     # misses its mean at some look in most runs; with the floor B·log(1/α)/n added, at most α of runs ever miss.
-    g = torch.Generator().manual_seed(2)
-    alpha, runs, length, rate = 0.05, 2000, 1500, 0.004
-    x = torch.where(torch.rand(runs, length, generator=g) < rate, 1.0, 0.0).double()
-    n = torch.arange(1, length + 1, dtype=torch.float64).expand(runs, -1)
-    mean = x.cumsum(1) / n
-    var = ((x**2).cumsum(1) - n * mean**2) / (n - 1).clamp(min=1)
+    alpha, rate = 0.05, 0.004
+    n, mean, var = rare_event_streams(players=2000, length=1500, rate=rate, seed=2)
     clt = clt_radius((n * var + 5 * 1e-4) / (n + 5), n, alpha)
     floored = clt + rare_event_radius(n, alpha, 1.0)
     ever_missed = ((mean - rate).abs() > clt)[:, 9:].any(dim=1).float().mean()
