@@ -7,6 +7,7 @@ game once and hand the same meter to every method, ours and the field's, so eval
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -88,6 +89,17 @@ class CountingGame:
         weights = self.example_weights
         return len(weights) if weights is not None else self.rows_per_eval
 
+    def _timed_values(self, call: Callable[[], Tensor], count: int, what: str, unit: str, one: str) -> Tensor:
+        """``call()``'s values as float64 on the CPU, timed into ``seconds``: ``count`` finite values, or an error."""
+        start = time.perf_counter()
+        values = torch.as_tensor(call()).double().reshape(-1).cpu()
+        self.seconds += time.perf_counter() - start
+        if values.shape != (count,):
+            raise ValueError(f"the game returned {tuple(values.shape)} {what} for {count} {unit}.")
+        if not torch.isfinite(values).all():
+            raise ValueError(f"the game returned NaN or inf for {one}; its value must be finite.")
+        return values
+
     def example_values(self, present: Tensor, examples: Tensor) -> Tensor:
         """u_e(S) of R (coalition, example) pairs from the wrapped game, counted (R rows), timed and checked."""
         if self.example_weights is None or not callable(getattr(self.game, "example_values", None)):
@@ -95,13 +107,10 @@ class CountingGame:
             raise TypeError(f"{name} does not decompose over examples: {self.why_not_decomposable}.")
         present, examples = torch.as_tensor(present), torch.as_tensor(examples)
         r = present.shape[0] if present.dim() == 2 else 1
-        start = time.perf_counter()
-        values = torch.as_tensor(self.game.example_values(present, examples)).double().reshape(-1).cpu()
-        self.seconds += time.perf_counter() - start
-        if values.shape != (r,):
-            raise ValueError(f"the game returned {tuple(values.shape)} per-example values for {r} rows.")
-        if not torch.isfinite(values).all():
-            raise ValueError("the game returned NaN or inf for a (coalition, example) pair; its value must be finite.")
+        values = self._timed_values(
+            lambda: self.game.example_values(present, examples), r, "per-example values", "rows",
+            "a (coalition, example) pair",
+        )
         self.n_rows += r
         self.calls += 1
         return values
@@ -109,13 +118,7 @@ class CountingGame:
     def __call__(self, present: Tensor) -> Tensor:
         present = torch.as_tensor(present)
         k = present.shape[0] if present.dim() == 2 else 1
-        start = time.perf_counter()
-        values = torch.as_tensor(self.game(present)).double().reshape(-1).cpu()
-        self.seconds += time.perf_counter() - start
-        if values.shape != (k,):
-            raise ValueError(f"the game returned {tuple(values.shape)} values for {k} coalitions.")
-        if not torch.isfinite(values).all():
-            raise ValueError("the game returned NaN or inf for a coalition; its value must be finite.")
+        values = self._timed_values(lambda: self.game(present), k, "values", "coalitions", "a coalition")
         self.n_evals += k
         self.n_rows += k * self.rows_per_eval
         self.calls += 1

@@ -243,8 +243,7 @@ class PositionSampler(Sampler):
         present = rank.unsqueeze(0) >= cuts.unsqueeze(1)  # (points, N)
         e = len(self.examples)
         u = self.game.example_values(present.repeat_interleave(e, dim=0), self.examples.repeat(points))
-        signed = self.example_scale * self.example_sign * self.example_probs
-        into.see_values(self.example_offset + (u.reshape(points, e) * signed).sum(dim=1))
+        into.see_values(self.example_offset + (u.reshape(points, e) * self.example_weights).sum(dim=1))
         return cost
 
     def exposure(self) -> Tensor:

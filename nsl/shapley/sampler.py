@@ -297,6 +297,7 @@ class Sampler(ABC):
             self.example_offset = float(getattr(game, "example_offset", 0.0))
             self.examples = torch.nonzero(weights != 0).squeeze(1)  # examples that count
             w = weights[self.examples]
+            self.example_weights = w  # the game's value is example_offset + Σ w_e u_e over these examples
             self.example_scale = float(w.abs().sum())  # W
             self.example_probs = w.abs() / self.example_scale
             self.example_sign = torch.sign(w)
@@ -333,9 +334,8 @@ class Sampler(ABC):
         present[e:] = False
         u = self.game.example_values(present, self.examples.repeat(2))
         self.example_full, self.example_empty = u[:e].clone(), u[e:].clone()
-        signed = self.example_scale * self.example_sign * self.example_probs
-        self.v_full = self.example_offset + float((signed * self.example_full).sum())
-        self.v_empty = self.example_offset + float((signed * self.example_empty).sum())
+        self.v_full = self.example_offset + float((self.example_weights * self.example_full).sum())
+        self.v_empty = self.example_offset + float((self.example_weights * self.example_empty).sum())
 
     @property
     def stats(self) -> RunningStats:
