@@ -7,9 +7,14 @@ from nsl.shapley.monte_carlo import monte_carlo
 from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import RunningStats, ShapleyResult
 from nsl.shapley.sampler import discounted
+from nsl.shapley.semivalues import BANZHAF, SHAPLEY, Semivalue, parse_semivalue
 from nsl.shapley.tmab import ORIGINAL_TMAB, confidence_radius, tmab
 
 __all__ = [
+    "BANZHAF",
+    "SHAPLEY",
+    "Semivalue",
+    "parse_semivalue",
     "ESTIMATORS",
     "ORIGINAL_TMAB",
     "Collective",
