@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ from typing_extensions import override
 
 from nsl.callback import cost as cost_estimate
 from nsl.callback import data as eval_data
-from nsl.callback.specs import GameSpec, game_options, parse_games
+from nsl.callback.specs import GameSpec, game_options, parse_games, semivalue_name, variant_name
 from nsl.callback.view import AnalysisView
 from nsl.games import EvalData, ModelGame
 from nsl.games.base import decomposes, model_device
@@ -47,7 +48,7 @@ ACCUMULATE_WEIGHT = 0.5
 # What the callback hands every estimator; an estimator that does not take one of these simply does not get it
 # (``exact`` has no budget or seed). The user's ``estimator_kwargs`` are always passed, and checked up front.
 COMMON_ESTIMATOR_ARGS = ("top_k", "tail", "seed", "names", "max_evals", "max_rows", "max_seconds", "resume",
-                         "progress", "collective")
+                         "progress", "collective", "semivalue")
 #: The share of a game's ``max_seconds`` kept for its removal curve and interactions by default.
 CURVE_SHARE = 0.2
 #: What an estimator gets when building the game used up its share of the seconds: v(N), v(∅) and no more.
@@ -123,6 +124,11 @@ class NeuronShapley(Callback):
             (``None``: every ``Conv2d``).
         ablation: how a removed filter is silenced: ``"zero"``, ``"mean"`` or ``"bn_beta"``.
         estimator: a registered estimator: ``"tmab"`` (top-k bandit), ``"monte_carlo"``, ``"exact"`` (N ≤ 20) ...
+        semivalue: which values every game estimates (a game's spec may set its own): ``"shapley"``, ``"banzhaf"`` or
+            ``"beta(α,β)"`` (:mod:`nsl.shapley.semivalues`; ``"beta(1,16)"`` weighs coalitions near the full model).
+            Other than Shapley it needs an estimator that takes ``semivalue`` (tmab), which is checked here. Results
+            carry it (``result.semivalue``; saved in ``<game>.pt``, a ``semivalue`` column in ``<game>.csv``, the
+            W&B summary ``shapley/<game>/semivalue``, plot titles and the printed summary name it).
         top_k: how many top filters to separate, log and report (``None``: 10, at most N − 1 for N filters);
             an int must be below N, which the dry run checks before training.
         every_n_epochs: run at the end of every n-th validation epoch (``None``: only when training ends).
@@ -181,6 +187,7 @@ class NeuronShapley(Callback):
         layers: str | Sequence[str] | None = None,
         ablation: str = "zero",
         estimator: str = "tmab",
+        semivalue: str = "shapley",
         top_k: int | None = None,
         every_n_epochs: int | None = None,
         start_epoch: int | float = 0,
@@ -207,6 +214,7 @@ class NeuronShapley(Callback):
         self.layers = layers
         self.ablation = ablation
         self.estimator = estimator
+        self.semivalue = semivalue_name(semivalue)  # canonical ("beta(1,1)" is "shapley")
         self.top_k = top_k
         self.every_n_epochs = every_n_epochs
         self.start_epoch = start_epoch
@@ -277,6 +285,9 @@ class NeuronShapley(Callback):
                 if "max_evals" in takes else "its work is fixed, so the rows budget is ignored"
             )
             rank_zero_warn(f"NeuronShapley: estimator {self.estimator!r} takes no rows budget; {instead}.")
+        for spec in self.specs:  # a semivalue the estimator cannot estimate fails now, naming where it was set
+            self.check_semivalue(self.semivalue_of(spec), "semivalue" if spec.semivalue is None else
+                                 f"game {spec.name!r}: semivalue")
         unknown = sorted(set(self.estimator_kwargs) - set(_accepted(fn, dict.fromkeys(self.estimator_kwargs))))
         if unknown:
             accepted = sorted(set(inspect.signature(fn).parameters) - {"game", *COMMON_ESTIMATOR_ARGS})
@@ -288,8 +299,11 @@ class NeuronShapley(Callback):
     @property
     @override
     def state_key(self) -> str:
+        semivalues = [self.semivalue_of(s) for s in self.specs]
+        # Only named when not all Shapley, so the key of a Shapley analysis is what it was before semivalues.
+        extra = {"semivalues": semivalues} if set(semivalues) != {"shapley"} else {}
         return self._generate_state_key(
-            games=[s.name for s in self.specs], layers=self.layers, estimator=self.estimator
+            games=[s.name for s in self.specs], layers=self.layers, estimator=self.estimator, **extra
         )
 
     @override
@@ -316,10 +330,40 @@ class NeuronShapley(Callback):
         self.runs = int(state_dict["runs"])
         self._last_epoch = int(state_dict["last_epoch"])
 
-    def result_name(self, spec: GameSpec) -> str:
+    def result_name(self, spec: GameSpec, semivalue: str | None = None) -> str:
         """The name a game's results are stored, saved and logged under: the spec's name, with the picked class
-        for a class game that picked one (``"class_3"``)."""
-        return self.results.aliases.get(spec.name, spec.name)
+        for a class game that picked one (``"class_3"``); with a ``semivalue`` other than the game's own, that
+        semivalue's results of the game (``"accuracy_banzhaf"``, see :meth:`run`)."""
+        name = self.results.aliases.get(spec.name, spec.name)
+        if semivalue is None or semivalue == self.semivalue_of(spec):
+            return name
+        return variant_name(name, semivalue)
+
+    def semivalue_of(self, spec: GameSpec) -> str:
+        """The semivalue game ``spec`` estimates: its spec's, else the callback's (a canonical name)."""
+        return spec.semivalue or self.semivalue
+
+    def check_semivalue(self, semivalue: str, where: str) -> None:
+        """Fail before any work when this callback's estimator cannot estimate ``semivalue`` (asked for by
+        ``where``, e.g. ``"semivalue"`` or ``"ShapleyRepair semivalue"``): only an estimator that takes a
+        ``semivalue`` keyword estimates anything but Shapley values."""
+        if semivalue == "shapley":
+            return
+        estimator = ESTIMATORS[self.estimator]
+        if not _takes_semivalue(estimator):
+            able = [name for name in ESTIMATORS if _takes_semivalue(ESTIMATORS[name])]
+            raise ValueError(
+                f"{where}={semivalue!r} needs an estimator that takes `semivalue`; estimator {self.estimator!r} "
+                f"estimates Shapley values only. Use semivalue='shapley', or one of the estimators "
+                f"{able or '(none registered)'}."
+            )
+        params = inspect.signature(estimator).parameters
+        sampler = self.estimator_kwargs.get("sampler", params["sampler"].default if "sampler" in params else None)
+        if sampler not in (None, "positions"):  # permutation scans weigh every coalition size alike: Shapley's
+            raise ValueError(
+                f"{where}={semivalue!r} needs estimator_kwargs sampler='positions' (the default); sampler={sampler!r} "
+                "estimates Shapley values only."
+            )
 
     def _picks_class(self, spec: GameSpec) -> bool:
         """A game that chooses its class from the data (a ``class_index`` option left unset)."""
@@ -541,17 +585,24 @@ class NeuronShapley(Callback):
         return FilterPlayers(model, self.layers, self.ablation)
 
     def current_result(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, name: str, stage: str = "requested"
+        self, trainer: L.Trainer, pl_module: L.LightningModule, name: str, stage: str = "requested",
+        semivalue: str | None = None,
     ) -> ShapleyResult:
         """Game ``name``'s result for the model as it is now: the latest one if no training step came after it,
-        else a fresh run of that game alone, recorded with ``stage`` (call it on every rank at once)."""
+        else a fresh run of that game alone, recorded with ``stage`` (call it on every rank at once). With a
+        ``semivalue`` other than the game's own, the result of that semivalue (see :meth:`run`)."""
         spec = self.spec(name)
         if spec.name in self.skipped:
             raise ValueError(f"game {spec.name!r} was skipped before training: {self.skipped[spec.name]}.")
-        history = self.history.get(spec.name) or []
-        if not history or history[-1]["step"] != trainer.global_step or name not in self.results:
-            self.run(trainer, pl_module, stage=stage, games=[name])
-        return self.results[name]
+        if semivalue is not None:
+            semivalue = semivalue_name(semivalue)
+            self.check_semivalue(semivalue, "semivalue")
+        stored = self.result_name(spec, semivalue)
+        latest = next((h for h in reversed(self.history.get(spec.name) or []) if h["name"] == stored), None)
+        if latest is None or latest["step"] != trainer.global_step or stored not in self.results:
+            self.run(trainer, pl_module, stage=stage, games=[spec.name], semivalue=semivalue)
+            stored = self.result_name(spec, semivalue)  # a class game may just have picked its class
+        return self.results[stored]
 
     def evaluation_data(self, trainer: L.Trainer) -> EvalData:
         """The fixed evaluation set: ``data`` if given, else the first ``eval_size`` validation examples.
@@ -588,6 +639,7 @@ class NeuronShapley(Callback):
             skipped=MappingProxyType(dict(self.skipped)),
             results=MappingProxyType(dict(self.results)),
             result_names=MappingProxyType({s.name: self.result_name(s) for s in self.specs}),
+            semivalues=MappingProxyType({s.name: self.semivalue_of(s) for s in self.specs}),
             picked=MappingProxyType(dict(self.picked)),
             seed=self.seed,
             output_dir=self.output_dir(trainer),
@@ -604,11 +656,18 @@ class NeuronShapley(Callback):
         pl_module: L.LightningModule,
         stage: str = "manual",
         games: Sequence[str] | None = None,
+        semivalue: str | None = None,
     ) -> dict[str, ShapleyResult]:
         """Play every game (or the named ``games``) once now; returns and stores each game's result.
 
-        Every rank computes (call it on all ranks at once), rank 0 logs and writes the files.
+        A ``semivalue`` other than a game's own plays it for that semivalue's values instead, stored, saved and
+        logged beside the game's own results as ``<game>_<semivalue>`` (``accuracy_banzhaf``): what a repair that
+        acts on another semivalue than the analysis shows asks for. Every rank computes (call it on all ranks at
+        once), rank 0 logs and writes the files.
         """
+        if semivalue is not None:
+            semivalue = semivalue_name(semivalue)
+            self.check_semivalue(semivalue, "semivalue")
         wanted = [self.spec(name).name for name in games] if games is not None else None
         interrupted: str | None = None  # the game Ctrl-C stopped
         not_played: list[str] = []
@@ -635,11 +694,13 @@ class NeuronShapley(Callback):
                         self._pick(spec.name, int(game.class_index))  # type: ignore[attr-defined]
                     seed = self.seed + 1009 * self.runs + 101 * g
                     top_k = self._resolve_top_k(spec, len(players))
-                    weight = self._accumulate_weight(spec, len(players))
+                    name = self.result_name(spec, semivalue)
+                    values = semivalue or self.semivalue_of(spec)
+                    weight = self._accumulate_weight(name, values, len(players))
                     result = self._estimate(
-                        spec, game, players, top_k, seed, progress, collective, weight, clock.estimate_seconds()
+                        spec, game, players, top_k, seed, progress, collective, weight, clock.estimate_seconds(),
+                        name=name, semivalue=values,
                     )
-                    name = self.result_name(spec)
                     if result.interrupted:
                         result = _marked_interrupted(result)
                     curve = self._analyse(spec, game, players, result, top_k, seed, name, clock, progress)
@@ -648,13 +709,13 @@ class NeuronShapley(Callback):
                 if result is None:  # Ctrl-C while the game was built: nothing of it to keep
                     not_played.append(spec.name)
                     continue
-                name = self.result_name(spec)
+                name = self.result_name(spec, semivalue)
                 self.results[name] = result
                 self.history[spec.name].append(self._history_entry(trainer, spec, result, stage, step, name, weight))
                 if curve is not None:
                     self.curves[name] = curve.to_dict()
                 if trainer.is_global_zero:
-                    self._report(trainer, spec, result, curve, step, weight)
+                    self._report(trainer, spec, result, curve, step, weight, name)
                 if result.interrupted or (curve is not None and curve.stopped == "interrupted"):
                     interrupted = spec.name
             self.runs += 1
@@ -690,11 +751,14 @@ class NeuronShapley(Callback):
         collective: LightningCollective | None,
         weight: float | None = None,
         max_seconds: float | None = None,
+        *,
+        name: str,
+        semivalue: str,
     ) -> ShapleyResult:
-        """One estimator run on ``game``, with the callback's budget (``max_seconds``: the estimate's share of the
-        game's seconds), seed and the game's own tail; with a ``weight`` it resumes from the previous result's
-        statistics, discounted to that share of its samples."""
-        previous = self.results.get(self.result_name(spec)) if weight is not None else None
+        """One estimator run on ``game`` for ``semivalue``'s values, with the callback's budget (``max_seconds``:
+        the estimate's share of the game's seconds), seed and the game's own tail; with a ``weight`` it resumes from
+        the previous result stored under ``name``, its statistics discounted to that share of its samples."""
+        previous = self.results.get(name) if weight is not None else None
         if previous is not None and weight is not None and weight < 1:
             previous = discounted(previous, weight)
         common: dict[str, Any] = {
@@ -706,6 +770,7 @@ class NeuronShapley(Callback):
             "resume": previous,
             "progress": progress,
             "collective": collective,
+            "semivalue": semivalue,  # only to an estimator that takes it: the others estimate Shapley (checked)
         }
         max_evals = spec.max_evals or self.max_evals
         if max_evals is not None:  # else the estimator's own default budget
@@ -720,7 +785,13 @@ class NeuronShapley(Callback):
         batch = self._batch_cap(spec, game, "sample")
         if batch is not None and "batch_size" not in self.estimator_kwargs:
             common["batch_size"] = batch
-        return estimator(game, **_accepted(estimator, common), **self.estimator_kwargs)
+        result = estimator(game, **_accepted(estimator, common), **self.estimator_kwargs)
+        if getattr(result, "semivalue", "shapley") != semivalue:  # e.g. an estimator that swallows **kwargs
+            raise RuntimeError(
+                f"estimator {self.estimator!r} returned {result.semivalue!r} values of game {name!r} where "
+                f"semivalue={semivalue!r} was asked for."
+            )
+        return result
 
     def _batch_cap(self, spec: GameSpec, game: ModelGame, what: str) -> int | None:
         """A batch (rows per call when the estimator samples (coalition, example) pairs, else coalitions; ``what=
@@ -737,12 +808,15 @@ class NeuronShapley(Callback):
         cap = int(BATCH_SHARE * seconds / max(per_unit, 1e-12))
         return None if cap >= default else max(1, cap)
 
-    def _accumulate_weight(self, spec: GameSpec, n_players: int) -> float | None:
-        """The share of old samples this run resumes from (``None``: a fresh run, nothing to accumulate)."""
+    def _accumulate_weight(self, name: str, semivalue: str, n_players: int) -> float | None:
+        """The share of old samples of result ``name`` this run resumes from (``None``: a fresh run, nothing to
+        accumulate; also when the old samples were taken for another semivalue, e.g. from an older checkpoint)."""
         if self.accumulate is False:
             return None
-        previous = self.results.get(self.result_name(spec))
+        previous = self.results.get(name)
         if previous is None or previous.stats is None or previous.n_players != n_players:
+            return None
+        if getattr(previous, "semivalue", "shapley") != semivalue:
             return None
         return ACCUMULATE_WEIGHT if self.accumulate is True else float(self.accumulate)
 
@@ -804,6 +878,7 @@ class NeuronShapley(Callback):
             "epoch": int(trainer.current_epoch),
             "step": int(step),
             "stage": stage,
+            "semivalue": getattr(result, "semivalue", "shapley"),
             "top_k": result.top_k.tolist(),
             "culprits": result.culprits(negative=spec.negative_culprits).tolist(),
             "n_evals": int(result.n_evals),
@@ -820,15 +895,16 @@ class NeuronShapley(Callback):
 
     def _report(
         self, trainer: L.Trainer, spec: GameSpec, result: ShapleyResult, curve: Any, step: int,
-        weight: float | None = None,
+        weight: float | None = None, name: str | None = None,
     ) -> None:
-        name = self.result_name(spec)
+        name = name or self.result_name(spec)
         out = self.output_dir(trainer)
         out.mkdir(parents=True, exist_ok=True)
         result.save(out / f"{name}.pt")
         write_csv(result, out / f"{name}.csv")
         rows = top_rows(result, result.k)
-        figures = {"histogram": value_histogram(result, title=f"{name}: Shapley values")}
+        semivalue = getattr(result, "semivalue", "shapley")
+        figures = {"histogram": value_histogram(result, title=f"{name}: {_values_label(semivalue)}")}
         if curve is not None:
             curve.save(out / f"{name}_curve.pt")  # for nsl-report: the run's removal curve, offline
             figures["removal_curve"] = removal_plot(curve, ylabel=spec.kind, title=f"{name}: removal curve")
@@ -836,6 +912,9 @@ class NeuronShapley(Callback):
             matrix = self.interaction_matrices[name]
             figures["interactions"] = matrix.plot(title=f"{name}: pairwise interactions among the top filters")
         log_result(trainer.loggers, name, result, rows, step, figures=figures)
+        for logger in trainer.loggers:  # which values these are, as text where a logger takes text
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary[f"shapley/{name}/semivalue"] = semivalue
         if self.verbose:
             top = "top: " + ", ".join(f"{r[1]} ({r[3]:+.4f})" for r in rows[:5])
             if not rows:  # no filter has the samples a ranking needs: say so, and what would rank them
@@ -847,11 +926,22 @@ class NeuronShapley(Callback):
                 if spec.name in self.picked else ""
             )
             accumulated = "" if weight is None else f"; accumulated: resumed from the previous run at weight {weight:g}"
+            values = "" if semivalue == "shapley" else f" ({semivalue} values)"
             rank_zero_info(
-                f"[NeuronShapley] {name}{picked} @ epoch {trainer.current_epoch}: {self.estimator} "
+                f"[NeuronShapley] {name}{picked} @ epoch {trainer.current_epoch}: {self.estimator}{values} "
                 f"converged={result.converged}, {result.n_evals} evaluations, {result.seconds:.1f} s, "
                 f"value {_number(result.full_value)}; {top}{accumulated}; saved to {out / (name + '.pt')}"
             )
+
+
+def _takes_semivalue(estimator: Callable[..., Any]) -> bool:
+    """Whether ``estimator`` has a ``semivalue`` parameter (a ``**kwargs`` does not count: it may ignore it)."""
+    return "semivalue" in inspect.signature(estimator).parameters
+
+
+def _values_label(semivalue: str) -> str:
+    """``"Shapley values"``, ``"banzhaf values"``, ``"beta(1,16) values"``: what a title calls a result's values."""
+    return "Shapley values" if semivalue == "shapley" else f"{semivalue} values"
 
 
 def _number(value: float | None) -> str:

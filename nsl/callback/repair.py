@@ -26,7 +26,7 @@ from typing_extensions import override
 
 from nsl.callback import data as eval_data
 from nsl.callback.neuron_shapley import NeuronShapley
-from nsl.callback.specs import GameSpec
+from nsl.callback.specs import GameSpec, semivalue_name
 from nsl.callback.view import AnalysisView
 from nsl.games import AccuracyGame, EvalData, ModelGame
 from nsl.players import FilterPlayers, preserve_mode
@@ -103,6 +103,10 @@ class ShapleyRepair(Callback):
         method: a registered repair method name, or a :class:`~nsl.repair.RepairMethod` instance.
         game: whose values to use; ``None``: the first game that measures a defect (fairness, adversarial)
             for ``prune``, the first performance game (accuracy) for ``guided_dropout``, else the first game.
+        semivalue: which values of that game to act on: ``None``, the semivalue the analysis estimates for it;
+            ``"shapley"``, ``"banzhaf"`` or ``"beta(α,β)"`` otherwise. A semivalue other than the analysis' own is
+            played once more for the repair (``prune``: when training ends; ``guided_dropout``: when its epochs
+            start), with the analysis' budget, and saved and logged beside it as ``<game>_<semivalue>``.
         apply: keep the repair if it passes the check (False: report it, then restore the weights from before).
         min_improvement: the target must improve by more than this (in the game's units, toward better);
             0.0: strictly better. ``None``: do not check the target.
@@ -141,6 +145,7 @@ class ShapleyRepair(Callback):
         self,
         method: str | RepairMethod = "prune",
         game: str | None = None,
+        semivalue: str | None = None,
         apply: bool = True,
         min_improvement: float | None = 0.0,
         max_accuracy_drop: float | None = 0.01,
@@ -162,6 +167,7 @@ class ShapleyRepair(Callback):
                 raise ValueError(f"repair {method!r}: {err}; its options are {fields}.") from None
         if game is not None and (not isinstance(game, str) or not game):
             raise ValueError(f"game={game!r} is not accepted; use a game name of the NeuronShapley, or None.")
+        self.semivalue = None if semivalue is None else semivalue_name(semivalue, "ShapleyRepair")
         check_bool("apply", apply)
         check_number("min_improvement", min_improvement, optional=True)
         check_number("max_accuracy_drop", max_accuracy_drop, low=0, high=1, optional=True)
@@ -208,7 +214,9 @@ class ShapleyRepair(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(method=repr(self.method), game=self.game)
+        # The semivalue only when set, so that the key of a repair without one is what it was before semivalues.
+        extra = {"semivalue": self.semivalue} if self.semivalue is not None else {}
+        return self._generate_state_key(method=repr(self.method), game=self.game, **extra)
 
     # ----------------------------------------------------------------------------------------- set-up
     @override
@@ -225,6 +233,8 @@ class ShapleyRepair(Callback):
                     "shapley= to choose one."
                 )
             self.shapley = found[0]
+        if self.semivalue is not None:  # an estimator that cannot estimate it fails now, not after training
+            self.shapley.check_semivalue(self.semivalue, "ShapleyRepair semivalue")
         view = self.shapley.view(trainer, pl_module)
         self._spec = self._choose_game(view)
         epochs = self.method.finetune_epochs
@@ -283,7 +293,16 @@ class ShapleyRepair(Callback):
         return RepairContext(
             model=pl_module, players=view.players, result=result, game=self._spec.name, negative=self._negative(),
             seed=view.seed, trainer=trainer, example_inputs=example,
+            semivalue=self.semivalue or view.semivalue(self._spec.name),
         )
+
+    def _other_semivalue(self, view: AnalysisView) -> str | None:
+        """The semivalue to ask the analysis for when it is not the one the analysis estimates for the repair's
+        game (``None``: the repair acts on the analysis' own values)."""
+        assert self._spec is not None
+        if self.semivalue is None or self.semivalue == view.semivalue(self._spec.name):
+            return None
+        return self.semivalue
 
     def _act(
         self, trainer: L.Trainer, pl_module: L.LightningModule, view: AnalysisView, result: ShapleyResult
@@ -324,7 +343,8 @@ class ShapleyRepair(Callback):
         if not epochs or self._action is not None or trainer.current_epoch < trainer.max_epochs - epochs:
             return
         assert self.shapley is not None and self._spec is not None
-        result = self.shapley.current_result(trainer, pl_module, self._spec.name, stage="repair")
+        other = self._other_semivalue(self.shapley.view(trainer, pl_module))
+        result = self.shapley.current_result(trainer, pl_module, self._spec.name, stage="repair", semivalue=other)
         self._action = self._act(trainer, pl_module, self.shapley.view(trainer, pl_module), result)
         self.description = self._action.description
         if not self._action.changed:
@@ -356,13 +376,25 @@ class ShapleyRepair(Callback):
 
     # ----------------------------------------------------------------------------------------- fit end
     @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A fit-end repair on another semivalue than the analysis': play the game for it now, on the final model,
+        # while the model is still on its device (as the analysis' own fit-end run does).
+        if self.method.finetune_epochs or trainer.fast_dev_run or trainer.interrupted:
+            return
+        assert self.shapley is not None and self._spec is not None
+        view = self.shapley.view(trainer, pl_module)
+        other = self._other_semivalue(view)
+        if other is not None and self._spec.name not in view.skipped:
+            self.shapley.current_result(trainer, pl_module, self._spec.name, stage="repair", semivalue=other)
+
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.fast_dev_run or trainer.interrupted:
             return
         assert self.shapley is not None and self._spec is not None
         view = self.shapley.view(trainer, pl_module)
         if not self.method.finetune_epochs:
-            result = view.result(self._spec.name)
+            result = view.result(self._spec.name, self._other_semivalue(view))
             if result is None:
                 rank_zero_warn(f"ShapleyRepair: no analysis of {self._spec.name!r} to repair with; nothing done.")
                 return

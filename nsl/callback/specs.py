@@ -7,6 +7,8 @@ reserved ones below go to the game's constructor. What differs between games (cu
 DDP sharing, default name) is read from the game class, never decided here. A misspelt option fails here,
 naming the key and the options the game's constructor accepts. ``required: false`` makes a game optional: the
 callback skips it (with one info line) when the evaluation data cannot support it, e.g. fairness without groups.
+``semivalue`` (``"shapley"``, ``"banzhaf"``, ``"beta(α,β)"``; see :mod:`nsl.shapley.semivalues`) sets which values
+that game's estimate is about; unset, the callback's ``semivalue`` holds.
 """
 
 from __future__ import annotations
@@ -20,15 +22,33 @@ from torch import nn
 
 from nsl.games import GAMES, EvalData, ModelGame
 from nsl.players import FilterPlayers
+from nsl.shapley.semivalues import parse_semivalue
 from nsl.validation import check_bool, check_int, check_number, resolve_top_k
 
 RESERVED = (
     "kind", "name", "top_k", "max_evals", "max_rows", "max_seconds", "negative_culprits", "tail", "required",
+    "semivalue",
 )
 # Constructor arguments a spec never sets: the model, players and data come from the callback.
 _FROM_CALLBACK = ("self", "model", "players", "inputs", "targets")
 
-__all__ = ["RESERVED", "EvalData", "GameSpec", "game_options", "parse_games"]
+__all__ = ["RESERVED", "EvalData", "GameSpec", "game_options", "parse_games", "semivalue_name", "variant_name"]
+
+
+def semivalue_name(value: object, where: str | None = None) -> str:
+    """The canonical name of semivalue ``value`` (``"shapley"`` for ``"beta(1,1)"``, which is Shapley); otherwise a
+    ValueError naming the bad value and what is accepted (prefixed by ``where``, e.g. ``"game 'accuracy'"``)."""
+    try:
+        semivalue = parse_semivalue(value)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise ValueError(err if where is None else f"{where}: {err}") from None
+    return "shapley" if semivalue.is_shapley else semivalue.name
+
+
+def variant_name(result_name: str, semivalue: str) -> str:
+    """Where a game's result with a semivalue other than its own is stored, saved and logged: ``accuracy_banzhaf``,
+    ``class_3_beta(1,16)`` (what a :class:`~nsl.callback.ShapleyRepair` with its own ``semivalue`` asks for)."""
+    return f"{result_name}_{semivalue}"
 
 
 def game_options(cls: type[ModelGame]) -> tuple[str, ...] | None:
@@ -65,6 +85,7 @@ class GameSpec:
     negative_culprits: bool = True
     tail: str = "both"
     required: bool = True
+    semivalue: str | None = None  # canonical name (see semivalue_name); None: the callback's semivalue
 
     @property
     def game_class(self) -> type[ModelGame]:
@@ -127,6 +148,7 @@ def _parse_one(item: str | Mapping[str, Any]) -> GameSpec:
         negative_culprits=options.pop("negative_culprits", cls.negative_culprits),
         tail=options.pop("tail", cls.default_tail),
         required=options.pop("required", True),
+        semivalue=_semivalue_option(name, options.pop("semivalue", None)),
         options=options,
     )
     accepted = game_options(cls)
@@ -144,3 +166,8 @@ def _parse_one(item: str | Mapping[str, Any]) -> GameSpec:
     check_bool(f"{name}.negative_culprits", spec.negative_culprits)
     check_bool(f"{name}.required", spec.required)
     return spec
+
+
+def _semivalue_option(name: str, value: object) -> str | None:
+    """A spec's ``semivalue``, canonical (``None``: unset, the callback's holds)."""
+    return None if value is None else semivalue_name(value, f"game {name!r}")

@@ -8,13 +8,13 @@ a game now, run its dry run) through the analysis' methods.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from torch import nn
 
-from nsl.callback.specs import GameSpec
+from nsl.callback.specs import GameSpec, variant_name
 from nsl.games import EvalData
 from nsl.players import FilterPlayers
 from nsl.shapley import ShapleyResult
@@ -36,6 +36,7 @@ class AnalysisView:
         evaluation_data: the fixed evaluation set, once drawn (``None`` before the dry run).
         dry_run_done: the dry run checked this fit's games.
         model: the model analysed; layers, ablation: how its filters are played (see :attr:`players`).
+        semivalues: spec name -> the semivalue that game estimates (``"shapley"`` where absent).
     """
 
     specs: tuple[GameSpec, ...]
@@ -50,6 +51,7 @@ class AnalysisView:
     model: nn.Module
     layers: str | Sequence[str] | None = None
     ablation: str = "zero"
+    semivalues: Mapping[str, str] = field(default_factory=dict)
 
     @cached_property
     def players(self) -> FilterPlayers:
@@ -68,8 +70,16 @@ class AnalysisView:
                 return spec
         raise ValueError(f"game {name!r} is not one of this callback's games {[s.name for s in self.specs]}.")
 
-    def result(self, name: str) -> ShapleyResult | None:
-        """The latest result of game ``name`` (spec or result name), ``None`` before its first analysis."""
+    def semivalue(self, name: str) -> str:
+        """The semivalue game ``name`` (spec or result name) estimates."""
+        return self.semivalues.get(self.spec(name).name, "shapley")
+
+    def result(self, name: str, semivalue: str | None = None) -> ShapleyResult | None:
+        """The latest result of game ``name`` (spec or result name), ``None`` before its first analysis; with a
+        ``semivalue`` (canonical name) other than the game's own, its latest result for that semivalue."""
+        if semivalue is not None and semivalue != self.semivalue(name):
+            spec = self.spec(name)
+            return self.results.get(variant_name(self.result_names.get(spec.name, spec.name), semivalue))
         if name in self.results:
             return self.results[name]
         return self.results.get(self.result_names.get(name, name))

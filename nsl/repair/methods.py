@@ -53,6 +53,7 @@ class RepairContext:
         seed: the analysis' seed, for any randomness of the repair.
         trainer: the Lightning Trainer of the fit (a fine-tuning sets its callback up with it).
         example_inputs: a few held-out inputs on the model's device (e.g. to trace the model).
+        semivalue: which values ``result`` holds (``"shapley"``, ``"banzhaf"``, ``"beta(1,16)"`` ...).
     """
 
     model: nn.Module
@@ -63,6 +64,12 @@ class RepairContext:
     seed: int = 0
     trainer: Any = None
     example_inputs: Tensor | None = None
+    semivalue: str = "shapley"
+
+    @property
+    def values_of(self) -> str:
+        """The game, and which values of it when not Shapley's, for descriptions: ``"accuracy (banzhaf values)"``."""
+        return self.game if self.semivalue == "shapley" else f"{self.game} ({self.semivalue} values)"
 
 
 @dataclass
@@ -200,7 +207,7 @@ class PruneCulprits(RepairMethod):
         assert context.result is not None
         culprits = self.culprits(context.result, context.negative)
         if len(culprits) == 0:
-            return RepairAction.unchanged(self.why_none(context.result, context.negative, context.game))
+            return RepairAction.unchanged(self.why_none(context.result, context.negative, context.values_of))
         names = _names(context.players, culprits)
         if self.physical:
             snapshot = ModuleSnapshot(context.model)
@@ -208,15 +215,15 @@ class PruneCulprits(RepairMethod):
                 handle = self.apply(context.model, context.players, culprits, example_inputs=context.example_inputs)
             except ValueError as err:  # a removal Torch-Pruning cannot do; the model is untouched
                 return RepairAction.unchanged(
-                    f"physical removal of {len(culprits)} culprits of {context.game} refused: {err}", warn=True
+                    f"physical removal of {len(culprits)} culprits of {context.values_of} refused: {err}", warn=True
                 )
             return RepairAction(
-                f"physically removed {len(culprits)} culprits of {context.game}: {names} "
+                f"physically removed {len(culprits)} culprits of {context.values_of}: {names} "
                 f"(parameters {handle.params_before} -> {handle.params_after})",
                 culprits, revert=snapshot.restore,
             )
         handle = self.apply(context.model, context.players, culprits)
-        return RepairAction(f"pruned {len(culprits)} culprits of {context.game}: {names}", culprits,
+        return RepairAction(f"pruned {len(culprits)} culprits of {context.values_of}: {names}", culprits,
                             revert=handle.undo)
 
     def apply(
@@ -302,7 +309,7 @@ class GuidedDropout(RepairMethod):
         dropout = FilterDropout(probabilities, layers=layers, seed=context.seed)
         dropout.setup(context.trainer, context.model, TrainerFn.FITTING)
         return RepairAction(
-            f"fine-tuned the last {self.epochs} epochs with {self.mode} filter dropout guided by {context.game} "
+            f"fine-tuned the last {self.epochs} epochs with {self.mode} filter dropout guided by {context.values_of} "
             f"(mean p={self.p})",
             filters=probabilities.nonzero().squeeze(1),
             callback=dropout,

@@ -242,7 +242,8 @@ def game_table(runs: Sequence[Run], game: str, top_k: int = 10, tail: str = "aut
         return [label, *[fn(res) if res is not None else MISSING for res in present]]
 
     rows = [
-        row("method", lambda res: res.method or "?"),
+        row("method", lambda res: (res.method or "?") + (
+            "" if getattr(res, "semivalue", "shapley") == "shapley" else f" ({res.semivalue} values)")),
         row("filters", lambda res: res.n_players),
         row("converged", lambda res: res.converged),
         row("evaluations", lambda res: res.n_evals),

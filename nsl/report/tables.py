@@ -51,10 +51,14 @@ def csv_rows(result: ShapleyResult) -> list[list]:
 def write_csv(result: ShapleyResult, path: str | Path) -> Path:
     """All filters as CSV (readable without torch or W&B): ranked ones best first, then the rest, with each row's
     sample status in the ``status`` column. A partial result (Ctrl-C stopped it) has one more column,
-    ``interrupted``, true on every row, so the file says so wherever it goes."""
+    ``interrupted``, true on every row, so the file says so wherever it goes; so has a result of another semivalue
+    than Shapley: ``semivalue`` (``banzhaf``, ``beta(1,16)`` ...) on every row."""
     path = Path(path)
     rows = csv_rows(result)
     columns = CSV_COLUMNS
+    semivalue = getattr(result, "semivalue", "shapley")
+    if semivalue != "shapley":
+        columns, rows = [*columns, "semivalue"], [[*row, semivalue] for row in rows]
     if result.interrupted:
         columns, rows = [*columns, "interrupted"], [[*row, True] for row in rows]
     with path.open("w", newline="") as f:
