@@ -36,6 +36,11 @@ bound, the rare-event floor), to show that the harness sees a broken certificate
     python -m experiments.benchmarks.calibration --floor-ablation   # the full setting (about 3 h on 2 cores)
     python -m experiments.benchmarks.calibration --shapes --ablation-runs 0 --floor-ablation   # per-example only
     python -m experiments.benchmarks.calibration --quick            # smoke setting, seconds
+    python -m experiments.benchmarks.calibration --semivalues banzhaf,beta(1,4),beta(1,16) --shapes \
+        --ablation-runs 0 --example-sizes 60 --examples 60     # the other semivalues, per-example families
+
+``--semivalues`` calibrates other semivalues (:mod:`nsl.shapley.semivalues`) the same way, against their exact
+values (``game.semivalue(...)``); the floor and safeguard ablations stay Shapley's.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from typing import Any
 import torch
 
 from experiments import common
+from experiments.certified import parse_semivalues
 from experiments.seeds import plural
 from nsl.games.synthetic import EXAMPLE_SHAPES, NETWORK_SHAPES, network_examples_game, network_game
 from nsl.shapley import tmab
@@ -83,7 +89,7 @@ def one_run(spec: Job) -> dict[str, Any]:
     kind, shape, n, m, seed, options, top_k, max_rows = spec
     torch.set_num_threads(1)
     game = network_examples_game(n, m, shape, seed=seed) if kind == "examples" else network_game(n, shape, seed=seed)
-    truth = game.shapley()
+    truth = game.semivalue(dict(options).get("semivalue", "shapley"))  # exact values of the semivalue estimated
     budget = {} if max_rows is None else {"max_rows": max_rows}
     start = time.process_time()
     result = tmab(game, top_k, tail=TAILS.get(shape, "top"), seed=10_000 + seed, **budget, **dict(options))
@@ -144,20 +150,27 @@ def fmt_share(s: dict[str, Any]) -> str:
 def plan_runs(args: argparse.Namespace) -> tuple[list[tuple[str, Any, list[Job]]], list[Job]]:
     """The blocks of the report, each ``(table, label, jobs)``, and every distinct job once, in order."""
     blocks: list[tuple[str, Any, list[Job]]] = []
-    for shape in args.example_shapes:
+    for semivalue in args.semivalue_list:
+        chosen = {} if semivalue == "shapley" else {"semivalue": semivalue}
+        for shape in args.example_shapes:
+            for n in args.example_sizes:
+                jobs = [job("examples", shape, n, args.examples, s, chosen, args.top_k, None)
+                        for s in range(args.example_runs)]
+                blocks.append(("calibration", ("examples", shape, n, args.examples, semivalue), jobs))
+        for shape in args.shapes:
+            for n in args.sizes:
+                runs = args.runs if n <= 300 else args.runs_large
+                jobs = [job("full-set", shape, n, 1, s, chosen, args.top_k, args.full_set_max_rows)
+                        for s in range(runs)]
+                blocks.append(("calibration", ("full-set", shape, n, 1, semivalue), jobs))
+    for shape in args.example_shapes if "shapley" in args.semivalue_list else []:
         for n in args.example_sizes:
             jobs = [job("examples", shape, n, args.examples, s, {}, args.top_k, None) for s in range(args.example_runs)]
-            blocks.append(("calibration", ("examples", shape, n, args.examples), jobs))
             if args.floor_ablation:
                 blocks.append(("floor", (shape, n, "on (default)"), jobs))
                 off = [job("examples", shape, n, args.examples, s, NO_FLOOR, args.top_k, None)
                        for s in range(args.example_runs)]
                 blocks.append(("floor", (shape, n, "off"), off))
-    for shape in args.shapes:
-        for n in args.sizes:
-            runs = args.runs if n <= 300 else args.runs_large
-            jobs = [job("full-set", shape, n, 1, s, {}, args.top_k, args.full_set_max_rows) for s in range(runs)]
-            blocks.append(("calibration", ("full-set", shape, n, 1), jobs))
     for name, options in ABLATIONS.items():
         if args.ablation_runs:
             jobs = [job("full-set", "rare", args.ablation_size, 1, s, options, args.top_k, args.full_set_max_rows)
@@ -180,17 +193,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for table, label, jobs in blocks:
         s = summarise([done[j] for j in jobs])
         if table == "calibration":
-            kind, shape, n, m = label
+            kind, shape, n, m, semivalue = label
             family = f"per-example {shape}" if kind == "examples" else shape
             tail = TAILS.get(shape, "top")
-            rows.append([family, s["sampling"], n, m, tail, s["runs"], s["certified"], s["wrong"], fmt_share(s), DELTA,
-                         count(s["median_rows"]), count(s["median_full_set"]), f"{s['seconds']:.0f}"])
-            key = f"{'examples/' if kind == 'examples' else ''}{shape}/{n}"
+            rows.append([semivalue, family, s["sampling"], n, m, tail, s["runs"], s["certified"], s["wrong"],
+                         fmt_share(s), DELTA, count(s["median_rows"]), count(s["median_full_set"]),
+                         f"{s['seconds']:.0f}"])
+            prefix = "" if semivalue == "shapley" else f"{semivalue}/"
+            key = f"{prefix}{'examples/' if kind == 'examples' else ''}{shape}/{n}"
             summary[f"{key}/false_certificate_share"] = s["share"]
             summary[f"{key}/certified"] = s["certified"]
             if s["median_rows"] is not None:
                 summary[f"{key}/median_rows"] = s["median_rows"]
-            print(f"  {family:<22} N={n:<5} M={m:<4} runs {s['runs']}, certified {s['certified']}, wrong "
+            print(f"  {semivalue:<10} {family:<22} N={n:<5} M={m:<4} runs {s['runs']}, certified {s['certified']}, "
+                  f"wrong "
                   f"{s['wrong']}, share {s['share']:.3f} (95% upper {s['upper']:.3f}) vs δ = {DELTA}, median rows "
                   f"to certify {count(s['median_rows'])} (full-set equivalent {count(s['median_full_set'])})")
         elif table == "floor":
@@ -210,8 +226,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ablation_rows.append([label, s["runs"], s["certified"], s["wrong"], fmt_share(s), count(s["median_rows"])])
             summary[f"ablation/{label}/false_certificate_share"] = s["share"]
             print(f"  ablation {label:<34} certified {s['certified']}/{s['runs']}, wrong {s['wrong']}")
-    all_certified = sum(r[6] for r in rows)
-    all_wrong = sum(r[7] for r in rows)
+    all_certified = sum(r[7] for r in rows)
+    all_wrong = sum(r[8] for r in rows)
     overall = all_wrong / all_certified if all_certified else 0.0
     summary["overall/false_certificate_share"] = overall
     capped = "" if args.full_set_max_rows is None else (
@@ -229,8 +245,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{plural(args.workers, 'worker')}."
     )
     tables = {
-        "calibration": (["family", "sampling", "N", "M", "tail", "runs", "certified", "wrong", "share (95% upper)",
-                         "δ", "median rows to certify", "full-set equivalent", "CPU s"], rows),
+        "calibration": (["semivalue", "family", "sampling", "N", "M", "tail", "runs", "certified", "wrong",
+                         "share (95% upper)", "δ", "median rows to certify", "full-set equivalent", "CPU s"], rows),
     }
     if floor_rows:
         tables["rare-event floor"] = (
@@ -266,11 +282,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ablation-size", type=int, default=100)
     p.add_argument("--ablation-runs", type=int, default=40, help="runs per safeguard setting (0: no ablation)")
     p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--semivalues", default="shapley",
+                   help="semivalues to calibrate, comma-separated (e.g. shapley,banzhaf,beta(1,4)); the floor and "
+                        "safeguard ablations use Shapley")
     p.add_argument("--workers", type=int, default=2)
     quick = {"example_sizes": [30], "examples": 20, "example_runs": 2, "floor_ablation": True, "sizes": [40],
              "runs": 1, "runs_large": 1, "full_set_max_rows": 5000, "ablation_size": 40, "ablation_runs": 1}
     args = common.parse_args(p, argv, quick=quick,
                              positive=("example_runs", "examples", "runs", "runs_large", "top_k", "workers"))
+    args.semivalue_list = parse_semivalues(args.semivalues)
     if args.ablation_runs < 0:
         raise ValueError(f"--ablation-runs={args.ablation_runs} must be ≥ 0 (0: no ablation).")
     if args.full_set_max_rows is not None and args.full_set_max_rows < 1:

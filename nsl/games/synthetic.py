@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from nsl.games.base import check_game
+from nsl.shapley.semivalues import Semivalue, parse_semivalue
 
 
 class HarsanyiGame:
@@ -49,6 +50,11 @@ class HarsanyiGame:
     def shapley(self) -> Tensor:
         """Exact Shapley values, shape (N,)."""
         return (self.members * (self.coef / self.sizes)[:, None]).sum(dim=0)
+
+    def semivalue(self, semivalue: str | Semivalue = "shapley") -> Tensor:
+        """Exact values of any semivalue, shape (N,): a member of T gets a_T · E[t^(|T|−1)] (the rest of T present)."""
+        share = parse_semivalue(semivalue).moment(self.sizes - 1, 0)
+        return (self.members * (self.coef * share)[:, None]).sum(dim=0)
 
 
 def additive_game(weights: Sequence[float] | Tensor) -> HarsanyiGame:
@@ -180,6 +186,11 @@ class CollapseGame:
 
     def shapley(self) -> Tensor:
         """Exact Shapley values, shape (N,)."""
+        return self.semivalue("shapley")
+
+    def semivalue(self, semivalue: str | Semivalue = "shapley") -> Tensor:
+        """Exact values of any semivalue (:mod:`nsl.shapley.semivalues`), shape (N,)."""
+        value = parse_semivalue(semivalue)
         n, groups = self.n_players, len(self.sizes)
         per_group = torch.empty(groups, dtype=torch.float64)
         for g in range(groups):
@@ -188,19 +199,16 @@ class CollapseGame:
             grids = torch.meshgrid(*[torch.arange(int(m) + 1, dtype=torch.float64) for m in others], indexing="ij")
             counts = torch.stack([c.reshape(-1) for c in grids], dim=-1)  # every count vector of the others
             size = counts.sum(-1)
-            # P(coalition of the others has these counts) = Π C(m_h, c_h) / C(N-1, s), times 1/N for its size
-            log_weight = (
-                _log_binomial(others.expand_as(counts), counts).sum(-1)
-                - _log_binomial(torch.full_like(size, n - 1), size)
-                - math.log(n)
-            )
+            # P(the others present have these counts) = Π C(m_h, c_h) · E[t^s (1−t)^(N−1−s)]: each other player is
+            # in independently with probability t (Shapley: t uniform, which gives Π C(m_h, c_h) / (N C(N−1, s))).
+            log_weight = _log_binomial(others.expand_as(counts), counts).sum(-1) + value.log_moment(size, n - 1 - size)
             step = torch.zeros(groups, dtype=torch.float64)
             step[g] = 1.0
             gain = self.value_of_counts(counts + step) - self.value_of_counts(counts)
             per_group[g] = (log_weight.exp() * gain).sum()
         phi = per_group[self.group]
         if self.harsanyi is not None:
-            phi = phi + self.harsanyi.shapley()
+            phi = phi + self.harsanyi.semivalue(value)
         return phi
 
 
@@ -312,6 +320,33 @@ class CountTerm:
             if 0 <= self.hi <= a - 1 and self.lo <= self.hi:  # the count passes hi
                 value -= math.exp(_log_choose(a - 1, self.hi) - _log_choose(m - 1, k + self.hi))
             phi[list(self.counted)] = value / m
+        return self.coef * phi
+
+    def semivalue(self, n_players: int, semivalue: str | Semivalue = "shapley") -> Tensor:
+        """Exact values of the term under any semivalue, shape (N,), in O(|counted|).
+
+        The same events as :meth:`shapley`, with the chance that the keys and counted players present are given ones
+        ``E[t^in (1 − t)^out]`` (each other player present independently with probability t): the players in
+        neither set drop out, as for Shapley.
+        """
+        value = parse_semivalue(semivalue)
+        k, a = len(self.keys), len(self.counted)
+        phi = torch.zeros(n_players, dtype=torch.float64)
+        if k + a == 0 or self.lo > self.hi or self.coef == 0:
+            return phi
+        lo, hi = max(self.lo, 0), min(self.hi, a)
+        if k and lo <= hi:
+            j = torch.arange(lo, hi + 1, dtype=torch.float64)
+            phi[list(self.keys)] = float((_log_choose(a, j) + value.log_moment(k - 1 + j, a - j)).exp().sum())
+        if a:
+            total = 0.0
+            if 1 <= self.lo <= a and self.lo <= self.hi:  # the count reaches lo: lo − 1 of the other a − 1 present
+                log_p = float(value.log_moment(k + self.lo - 1, a - self.lo))
+                total += math.exp(_log_choose(a - 1, self.lo - 1) + log_p)
+            if 0 <= self.hi <= a - 1 and self.lo <= self.hi:  # the count passes hi: hi of the other a − 1 present
+                log_p = float(value.log_moment(k + self.hi, a - 1 - self.hi))
+                total -= math.exp(_log_choose(a - 1, self.hi) + log_p)
+            phi[list(self.counted)] = total
         return self.coef * phi
 
 
@@ -439,6 +474,15 @@ class CountTermGames:
                 phi[e] += term.shapley(self.n_players)
         return phi
 
+    def semivalue(self, semivalue: str | Semivalue = "shapley") -> Tensor:
+        """Exact values of every example's game under any semivalue, (E, N) float64."""
+        value = parse_semivalue(semivalue)
+        phi = torch.zeros(len(self), self.n_players, dtype=torch.float64)
+        for e, example in enumerate(self.terms):
+            for term in example:
+                phi[e] += term.semivalue(self.n_players, value)
+        return phi
+
     def select(self, examples: Sequence[int]) -> CountTermGames:
         """The games of the listed examples only, in that order."""
         return CountTermGames(self.n_players, [self.terms[e] for e in examples])
@@ -475,6 +519,12 @@ class _GameList:
         if missing:
             raise TypeError(f"exact values need every member game to have shapley(); {missing[0]} has none.")
         return torch.stack([torch.as_tensor(g.shapley()).double().reshape(-1) for g in self.games])
+
+    def semivalue(self, semivalue: str | Semivalue = "shapley") -> Tensor:
+        missing = [type(g).__name__ for g in self.games if not callable(getattr(g, "semivalue", None))]
+        if missing:
+            raise TypeError(f"exact semivalues need every member game to have semivalue(); {missing[0]} has none.")
+        return torch.stack([torch.as_tensor(g.semivalue(semivalue)).double().reshape(-1) for g in self.games])
 
 
 class ExampleMixture:
@@ -542,6 +592,10 @@ class ExampleMixture:
     def shapley(self) -> Tensor:
         """Exact Shapley values, Σ_e w_e φ(u_e), shape (N,)."""
         return self.example_weights @ self.games.shapley()
+
+    def semivalue(self, semivalue: str | Semivalue = "shapley") -> Tensor:
+        """Exact values of any semivalue, Σ_e w_e ψ(u_e) (semivalues are linear), shape (N,)."""
+        return self.example_weights @ self.games.semivalue(semivalue)
 
     def example_game(self, example: int) -> ExampleMixture:
         """Example ``example``'s own game u_e (weight 1, offset 0), a game with exact values."""

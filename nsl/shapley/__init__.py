@@ -12,15 +12,14 @@ from nsl.shapley.tmab import ORIGINAL_TMAB, confidence_radius, tmab
 
 __all__ = [
     "BANZHAF",
-    "SHAPLEY",
-    "Semivalue",
-    "parse_semivalue",
     "ESTIMATORS",
     "ORIGINAL_TMAB",
+    "SHAPLEY",
     "Collective",
     "LightningCollective",
     "LocalCollective",
     "RunningStats",
+    "Semivalue",
     "ShapleyResult",
     "TorchCollective",
     "coalitions",
@@ -29,6 +28,7 @@ __all__ = [
     "exact",
     "metrics",
     "monte_carlo",
+    "parse_semivalue",
     "shapley_from_values",
     "tmab",
 ]

@@ -12,6 +12,7 @@ from nsl.games.base import Game
 from nsl.shapley._common import CountingGame, check_positive_int, check_tail, player_names
 from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import ShapleyResult
+from nsl.shapley.semivalues import Semivalue, parse_semivalue
 from nsl.validation import resolve_top_k
 
 MAX_EXACT_PLAYERS = 20
@@ -31,15 +32,16 @@ def all_values(game: Game, batch_size: int = 4096) -> Tensor:
     return torch.cat([torch.as_tensor(c).double().reshape(-1).cpu() for c in chunks])
 
 
-def shapley_from_values(values: Tensor) -> Tensor:
-    """Shapley values from the values of all 2ᴺ coalitions (bitmask-indexed)."""
+def shapley_from_values(values: Tensor, semivalue: str | Semivalue = "shapley") -> Tensor:
+    """Shapley values (or another semivalue's) from the values of all 2ᴺ coalitions (bitmask-indexed)."""
     n = int(math.log2(len(values)))
     masks = torch.arange(2**n)
     sizes = torch.zeros(2**n, dtype=torch.long)
     for i in range(n):
         sizes += (masks >> i) & 1
-    # weight of a coalition S of size s not containing i: s!(n-s-1)!/n!
-    weight = torch.tensor([1.0 / (n * math.comb(n - 1, s)) for s in range(n)], dtype=torch.float64)
+    # weight of one coalition S of size s not containing i: ω(s) / C(n-1, s) (Shapley: s!(n-s-1)!/n!)
+    omega = parse_semivalue(semivalue).size_weights(n)
+    weight = torch.tensor([float(omega[s]) / math.comb(n - 1, s) for s in range(n)], dtype=torch.float64)
     phi = torch.empty(n, dtype=torch.float64)
     for i in range(n):
         without = masks[((masks >> i) & 1) == 0]
@@ -49,9 +51,16 @@ def shapley_from_values(values: Tensor) -> Tensor:
 
 @ESTIMATORS.register("exact")
 def exact(
-    game: Game, *, top_k: int | None = None, tail: str = "top", batch_size: int = 4096, names: list[str] | None = None
+    game: Game,
+    *,
+    top_k: int | None = None,
+    tail: str = "top",
+    batch_size: int = 4096,
+    names: list[str] | None = None,
+    semivalue: str | Semivalue = "shapley",
 ) -> ShapleyResult:
-    """Exact Shapley values of a game with at most 20 players, by enumerating every coalition.
+    """Exact Shapley values (or ``semivalue``'s: ``"banzhaf"``, ``"beta(α,β)"``) of a game with at most 20 players,
+    by enumerating every coalition.
 
     Costs 2ᴺ evaluations, ``batch_size`` coalitions per call to the game. ``top_k`` sets how many players the
     result's ``top_k`` lists (default ``min(10, N − 1)``); ``tail`` is accepted for a uniform signature.
@@ -65,10 +74,11 @@ def exact(
         )
     check_positive_int("batch_size", batch_size)
     check_tail(tail)
+    value = parse_semivalue(semivalue)
     k = resolve_top_k(top_k, n)  # before the 2ᴺ evaluations
     start = time.perf_counter()
     values = all_values(counted, batch_size)
-    phi = shapley_from_values(values)
+    phi = shapley_from_values(values, value)
     return ShapleyResult(
         values=phi,
         stderr=torch.zeros(n, dtype=torch.float64),
@@ -81,4 +91,5 @@ def exact(
         seconds=time.perf_counter() - start,
         full_value=float(values[-1]),
         empty_value=float(values[0]),
+        semivalue=value.name,
     )

@@ -22,7 +22,11 @@ and unbiased while the positions where marginals live are visited often:
 - two antithetic removal scans first give every player two plain samples and the first picture of the
   collapse curve.
 
-The sample mean of each player is an unbiased estimate of its Shapley value (the proposal only depends on
+Any semivalue (:mod:`nsl.shapley.semivalues`) is the same construction with its own weight ω(p) per position in place
+of Shapley's 1/N: positions inside a bin are drawn ∝ ω(p)/π(p), the uniform share follows ω, and a bin's samples
+weigh ``Z_b / (N·q_b)`` with ``Z_b = N Σ_{p∈b} ω(p)/π(p)``.
+
+The sample mean of each player is an unbiased estimate of its Shapley value (or semivalue) (the proposal only depends on
 earlier samples), with no truncation bias; the bandit (:func:`nsl.shapley.tmab`) decides who is sampled.
 (A control variate on the importance weights, whose mean is known to be 1, was measured: it helps players
 whose marginal barely depends on the position but cost 25–35 % more evaluations on the network-shaped games,
@@ -43,6 +47,7 @@ from nsl.shapley.distributed import Collective
 from nsl.shapley.result import RunningStats, ShapleyResult
 from nsl.shapley.sampler import Sampler, SampleState
 from nsl.shapley.scan import removal_scan
+from nsl.shapley.semivalues import Semivalue, parse_semivalue
 
 
 def position_bins(n_players: int) -> Tensor:
@@ -73,6 +78,8 @@ class PositionSampler(Sampler):
             games about half the evaluations).
         batch_size: coalitions per call to the game.
         seed, resume, collective: as for every sampler.
+        semivalue: which semivalue the samples estimate (:mod:`nsl.shapley.semivalues`): its weight per position
+            replaces Shapley's 1/N in the draw inside a bin, the bins' uniform share and the importance weights.
     """
 
     name = "positions"
@@ -92,7 +99,9 @@ class PositionSampler(Sampler):
         resume: ShapleyResult | None = None,
         collective: Collective | object | None = None,
         per_example: bool | None = None,
+        semivalue: str | Semivalue = "shapley",
     ) -> None:
+        self.semivalue = parse_semivalue(semivalue)
         n = getattr(game, "n_players", 0)
         self.edges = position_bins(n if isinstance(n, int) and n > 0 else 1)
         self.n_bins = len(self.edges) - 1
@@ -115,16 +124,26 @@ class PositionSampler(Sampler):
         n = self.n_players
         self.pilot_scans = pilot_scans
         self.explore, self.uniform = float(explore), float(uniform)
-        width = (self.edges[1:] - self.edges[:-1]).double()
-        self.bin_weight = width / n  # share of positions in each bin
         positions = torch.arange(n)
         size = n - 1 - positions  # other players present before the player's removal
         self.removal = size + 1 > n / 2  # large coalitions: remove players; small ones: add them
         self.inclusion = torch.where(self.removal, (size + 1).double() / n, (n - size).double() / n)
         self.bin_of = torch.bucketize(positions, self.edges, right=True) - 1
+        # The semivalue's weight of each position (1/N each for Shapley) and of each bin: the proposal's uniform
+        # share draws positions as the semivalue weighs them.
+        self.position_weight = self.semivalue.position_weights(n)
+        self.bin_weight = torch.zeros(self.n_bins, dtype=torch.float64).index_add_(
+            0, self.bin_of, self.position_weight
+        )
+        # Inside a bin a position is drawn ∝ ω(p)/π(p), so the samples a player receives follow the semivalue
+        # there; Z_b = N Σ_{p∈b} ω(p)/π(p) (Σ 1/π for Shapley) makes every sample of the bin weigh Z_b / (N q_b).
+        self.draw_weight = self.position_weight / self.inclusion
         self.inverse_inclusion = torch.zeros(self.n_bins, dtype=torch.float64).index_add_(
-            0, self.bin_of, 1 / self.inclusion
+            0, self.bin_of, n * self.draw_weight
         )  # Z_b
+        # Bins that carry weight (all of them for Shapley; Banzhaf's outer bins underflow to nothing): exploration
+        # is spread over these only.
+        self.material = self.bin_weight > 1e-6 / self.n_bins
         self._pilot_left = pilot_scans if resume is None else 0
         self._reverse_next: Tensor | None = None
 
@@ -143,7 +162,7 @@ class PositionSampler(Sampler):
         neyman = (self.bin_weight * self.n_players * self.inverse_inclusion * second_moment).sqrt()
         total = float(neyman.sum())
         neyman = neyman / total if total > 0 else self.bin_weight
-        even = torch.full_like(neyman, 1.0 / self.n_bins)
+        even = self.material.double() / self.material.sum()
         return (1 - self.explore - self.uniform) * neyman + self.explore * even + self.uniform * self.bin_weight
 
     # ----------------------------------------------------------------------------------------------- steps
@@ -218,10 +237,13 @@ class PositionSampler(Sampler):
             into.see_values(values)
         rank = torch.empty(self.n_players, dtype=torch.long)
         rank[order] = torch.arange(self.n_players)
-        into.players.update(players, marginals)  # uniform position, π = 1: weight 1
         into.see_marginals(marginals)
-        # A uniform position looks into bin b as a draw from it with probability Z_b / N would.
-        into.bin_exposure[players] += self.inverse_inclusion / self.n_players
+        if self.semivalue.is_shapley:
+            into.players.update(players, marginals)  # uniform position, π = 1: weight 1
+            # A uniform position looks into bin b as a draw from it with probability Z_b / N would.
+            into.bin_exposure[players] += self.inverse_inclusion / self.n_players
+        # Another semivalue weighs positions unevenly: a scan's marginals would need weights N·ω(p), up to ~N/8 for
+        # Beta(1,16), which would widen every later pair interval; they only shape the proposal (bin moments below).
         bins = self.bin_of[rank[players]]
         into.bin_square.index_put_((players, bins), marginals**2, accumulate=True)
         into.bin_count.index_put_((players, bins), torch.ones_like(marginals), accumulate=True)
@@ -250,11 +272,13 @@ class PositionSampler(Sampler):
         """Per player, min_b N · (Σ over its samples of q_b) / Z_b: its samples counted by how much they looked into
         the least explored bin (a uniform position counts 1), for the rare-event floor."""
         ratio = self.n_players * self.state.bin_exposure / self.inverse_inclusion.unsqueeze(0)
+        ratio = torch.where(self.inverse_inclusion > 0, ratio, torch.full_like(ratio, math.inf))  # weightless bins
         return ratio.min(dim=1).values
 
     def max_weight(self, q: Tensor) -> float:
         """The largest importance weight a sample could carry under the proposal ``q``: max_b Z_b / (N q_b)."""
-        return float((self.inverse_inclusion / (self.n_players * q.clamp(min=1e-300))).max())
+        weight = self.inverse_inclusion / (self.n_players * q.clamp(min=1e-300))
+        return float(torch.where(self.inverse_inclusion > 0, weight, torch.zeros_like(weight)).max())
 
     def _round(
         self, players: Tensor, coalitions: int, q: Tensor, into: SampleState, evals_left: int | None,
@@ -265,8 +289,8 @@ class PositionSampler(Sampler):
         n, g = self.n_players, self.generator
         bins = torch.multinomial(q, coalitions, replacement=True, generator=g)
         examples = self._draw_examples(coalitions) if self.per_example else None
-        # Inside a bin, positions ∝ 1/π so that the samples a player receives are uniform over the bin.
-        weights = torch.where(self.bin_of.unsqueeze(0) == bins.unsqueeze(1), 1 / self.inclusion, 0.0)
+        # Inside a bin, positions ∝ ω/π so that the samples a player receives follow the semivalue over the bin.
+        weights = torch.where(self.bin_of.unsqueeze(0) == bins.unsqueeze(1), self.draw_weight, 0.0)
         positions = torch.multinomial(weights, 1, generator=g).squeeze(1)
         sizes = n - 1 - positions
         removal = self.removal[positions]

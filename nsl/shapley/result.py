@@ -172,6 +172,8 @@ class ShapleyResult:
             (``n_evals`` is its full-set equivalent, rows / evaluation-set size). ``None`` in older files.
         sampling: ``"examples"`` when (coalition, example) pairs were sampled (a game that decomposes over
             examples), ``"coalitions"`` when every coalition was scored on the whole evaluation set.
+        semivalue: which semivalue ``values`` estimate (:mod:`nsl.shapley.semivalues`): ``"shapley"``, ``"banzhaf"``
+            or ``"beta(α,β)"``.
         min_rank_samples: the fewest marginal samples behind an estimate that rankings (``top_k``,
             :meth:`culprits`, :meth:`ranking`), tables and repairs use (see :attr:`ranked`).
     """
@@ -199,6 +201,7 @@ class ShapleyResult:
     n_rows: int | None = None
     sampling: str = "coalitions"
     min_rank_samples: int = MIN_RANK_SAMPLES
+    semivalue: str = "shapley"
 
     @property
     def guarantee(self) -> str:
@@ -209,6 +212,8 @@ class ShapleyResult:
             return "no guarantee: not certified" + (f" ({self.note})" if self.note else "") + "."
         ends = {"top": f"top-{self.k}", "bottom": f"bottom-{self.k}", "both": f"top-{self.k} and bottom-{self.k}"}
         game = "the truncated game" if self.truncated else "the game"
+        if self.semivalue != "shapley":
+            game = f"the {self.semivalue} values of {game}"
         return (
             f"with probability ≥ {1 - self.delta:g} the {ends[self.tail]} is ε-correct for {game}: every returned "
             f"player's value is ≥ the k-th value − ε and every other player's ≤ it + ε, ε = {self.epsilon_value:.4g}."
@@ -359,6 +364,7 @@ class ShapleyResult:
             "n_rows": None if self.n_rows is None else int(self.n_rows),
             "sampling": self.sampling,
             "min_rank_samples": int(self.min_rank_samples),
+            "semivalue": self.semivalue,
         }
 
     @property

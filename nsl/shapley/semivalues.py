@@ -63,7 +63,8 @@ class Semivalue:
             return -(a_t + b_t) * math.log(2)
         alpha, beta = (1.0, 1.0) if self.kind == "shapley" else (self.alpha, self.beta)
         # t ~ Beta(β, α): E[t^a (1−t)^b] = B(a + β, b + α) / B(β, α)
-        return _log_beta(a_t + beta, b_t + alpha) - _log_beta(torch.tensor(beta), torch.tensor(alpha))
+        prior = _log_beta(torch.tensor(beta, dtype=torch.float64), torch.tensor(alpha, dtype=torch.float64))
+        return _log_beta(a_t + beta, b_t + alpha) - prior
 
     def moment(self, a: Tensor | float, b: Tensor | float) -> Tensor:
         """E[t^a (1 − t)^b] (see :meth:`log_moment`)."""
@@ -73,7 +74,7 @@ class Semivalue:
         """log ω(s) for s = 0..N−1: the log weight of the marginals at coalitions of s other players."""
         s = torch.arange(n_players, dtype=torch.float64)
         m = n_players - 1
-        log_choose = torch.lgamma(torch.tensor(m + 1.0)) - torch.lgamma(s + 1) - torch.lgamma(m - s + 1)
+        log_choose = torch.lgamma(torch.full_like(s, m + 1.0)) - torch.lgamma(s + 1) - torch.lgamma(m - s + 1)
         return log_choose + self.log_moment(s, m - s)
 
     def size_weights(self, n_players: int) -> Tensor:

@@ -43,6 +43,7 @@ from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import ShapleyResult
 from nsl.shapley.sampler import Budget, Sampler, SampleState, result_from_state, rows_budget, sample
 from nsl.shapley.scan import PermutationSampler, check_fraction
+from nsl.shapley.semivalues import KINDS, Semivalue, parse_semivalue
 from nsl.validation import renamed_argument, resolve_top_k
 
 SAMPLERS = ("positions", "scan")
@@ -159,8 +160,10 @@ def tmab(
     per_example: bool | None = None,
     rare_event_floor: bool = True,
     epsilon: float | None = None,
+    semivalue: str | Semivalue = "shapley",
 ) -> ShapleyResult:
-    """Estimate Shapley values until the ``top_k`` players are certified, sampling only the undecided ones.
+    """Estimate Shapley values (or another semivalue) until the ``top_k`` players are certified, sampling only the
+    undecided ones.
 
     ``converged=True`` means: with probability ≥ 1 − ``delta`` every returned player's true value is ≥ the
     true k-th value − ε and every player left out is ≤ it + ε, with ε = ``epsilon_fraction`` × the game's value
@@ -211,6 +214,10 @@ def tmab(
         rare_event_floor: add to every interval the mass a rare event could still hide behind a player's samples
             (:func:`~nsl.shapley.bounds.rare_event_radius`): what keeps a player whose samples are all 0 from
             being certified out before its rare event could have shown. Off only for ablations.
+        semivalue: which value to estimate and certify: ``"shapley"`` (default), ``"banzhaf"`` or ``"beta(α,β)"``
+            (:mod:`nsl.shapley.semivalues`; ``beta(1,4)`` and ``beta(1,16)`` weigh coalitions near the full model,
+            where a repair acts). The same certificate holds for the chosen semivalue; it needs
+            ``sampler="positions"``. Only Shapley values sum to v(N) − v(∅), so the efficiency check is Shapley's alone.
         epsilon: the old name of ``epsilon_fraction`` (same meaning, a fraction; warns). Renamed so that the
             fraction in and the value-unit tolerance out (``result.epsilon_value``) cannot be mixed up.
 
@@ -238,6 +245,17 @@ def tmab(
             f"truncation={truncation!r} and antithetic={antithetic!r} apply to sampler='scan'; the 'positions' "
             "sampler visits late positions rarely instead of cutting scans (leave them at None and False)."
         )
+    value = parse_semivalue(semivalue)
+    if sampler != "positions" and not value.is_shapley:
+        raise ValueError(
+            f"semivalue={value.name!r} needs sampler='positions' (permutation scans sample every coalition size "
+            f"alike: Shapley's weights); sampler={sampler!r} estimates Shapley values only."
+        )
+    if resume is not None and getattr(resume, "semivalue", "shapley") != value.name:
+        raise ValueError(
+            f"resume= holds {resume.semivalue} samples; they cannot continue a {value.name} estimate "
+            f"(use semivalue={resume.semivalue!r}, or start afresh)."
+        )
     check_positive_int("min_samples", min_samples)
     if isinstance(prior_samples, bool) or not isinstance(prior_samples, (int, float)) or prior_samples < 0:
         raise ValueError(f"prior_samples={prior_samples!r} is not accepted; use a number ≥ 0.")
@@ -247,7 +265,7 @@ def tmab(
     common = {"batch_size": batch_size, "seed": seed, "resume": resume, "collective": collective}
     engine: Sampler
     if sampler == "positions":
-        engine = PositionSampler(game, pilot_scans=pilot_scans, per_example=per_example, **common)
+        engine = PositionSampler(game, pilot_scans=pilot_scans, per_example=per_example, semivalue=value, **common)
     else:
         if per_example:
             raise ValueError("per_example=True needs sampler='positions' (permutation scans score whole sets).")
@@ -263,6 +281,7 @@ def tmab(
             engine.collective, top_k=top_k, delta=delta, epsilon_fraction=epsilon_fraction, min_samples=min_samples,
             max_rows=budget.max_rows, union_bound=union_bound, bound=BOUNDS.index(bound), tail=("top", "bottom",
             "both").index(tail), sampler=SAMPLERS.index(sampler), prior_samples=prior_samples,
+            semivalue=KINDS.index(value.kind), alpha=value.alpha, beta=value.beta,
         )
     everyone = torch.ones(n, dtype=torch.bool)
     verdict = {"certified": False, "note": ""}
@@ -284,7 +303,7 @@ def tmab(
         certified, active = top_k_certificate(stats.mean, radius, top_k, tolerance, tail, lower)
         if certified and not bool(stats.var.any()):
             certified, active = False, everyone  # no sample has varied yet: nothing is known about anyone
-        if certified and engine.truncation_free:
+        if certified and engine.truncation_free and value.is_shapley:
             # The intervals must account for v(N) − v(∅) (efficiency): if they cannot, some player's mass has
             # not been seen yet (a rare event every interval missed) and everyone needs more samples.
             total = engine.v_full - engine.v_empty
@@ -310,4 +329,5 @@ def tmab(
         delta=delta,
         truncated=truncated,
         note=str(verdict["note"]),
+        semivalue=value.name,
     )
