@@ -1,28 +1,42 @@
-"""Adversarial repair (paper Fig. 3c), retried: remove the filters that serve an attack more than the task.
+"""Adversarial repair (paper Fig. 3c): remove the filters that certified analyses find serve an attack, by semivalue.
 
-The first try (digits CNN, 104 filters, game = attack success) did not separate: the filters that help the attack
-most were filters the model needs to classify at all (a broken model is hit by nothing). This version changes
-the three things that could be the obstacle:
+The game is ``AdversarialGame(net_of_clean=True)`` (default): value = targeted attack success − clean accuracy of
+the same coalition on the same validation images, so a filter's value is its help to the attack minus its help to
+clean classification (``--game success`` plays attack success alone). Both decompose over examples, so ``tmab``
+samples (coalition, example) pairs. The network: ``--data shapes`` (default) trains the 240-filter ``wide_cnn`` on
+generated 32×32 RGB shapes (``experiment=shapes_cnn``); ``--data digits`` the 104-filter digits SmallCNN, about
+a tenth of the cost per analysis (see the cost table).
 
-- the game: ``AdversarialGame(net_of_clean=True)``, value = targeted attack success − clean accuracy of the same
-  coalition on the same validation images, so a filter's value is its help to the attack minus its help to
-  clean classification (``--game success`` plays attack success alone, the first try's game);
-- the network: ``--data shapes`` (default) trains the 240-filter ``wide_cnn`` on generated 32×32 RGB shapes
-  (``experiment=shapes_cnn``); ``--data digits`` the digits SmallCNN;
-- the evidence: every training seed × estimator seed (``--train-seeds``, ``--estimator-seeds``).
+For each trained network the adversarial examples are made once (targeted L∞ PGD, random wrong target per image)
+on correctly classified validation images against the full model. Each method ranks the filters and its top k
+(the filters that help the attack most) are zeroed with ``nsl.repair.prune_filters``:
 
-For each trained network the adversarial examples are made once (targeted L∞ PGD, random wrong target per
-image) on correctly classified validation images against the full model; ``tmab`` ranks the filters (once per
-estimator seed), leave-one-out on the same game ranks them once, and random orders (``--n-random`` per
-estimator seed) are the control. The top k of each ranking are zeroed with ``nsl.repair.prune_filters`` and
-measured on TEST images never used in the analysis: transfer success (examples made against the unrepaired
-model), adaptive success (examples made again against the repaired model, same targets and start) and clean
-accuracy (the cost). Writes ``adversarial_repair.md`` and ``adversarial_repair.png`` (attack success against
-clean accuracy, and against k, with ±1 sd bands) to ``--out`` and logs both to one W&B run.
+- ``tmab <semivalue>``: a certified analysis (``experiments.certified``: ``tmab(tail="top")`` until its top
+  ``--top-k`` are certified, or ``--max-rows`` rows) per semivalue of ``--semivalues``: Shapley weighs every
+  coalition size alike, Banzhaf coalitions of about half the filters, Beta(1,4) and Beta(1,16) coalitions near the
+  full model, where a repair acts;
+- ``leave_one_out``: v(N) − v(N∖{i}) on the same game, the other extreme;
+- ``integrated_gradients`` and ``taylor`` on the game's objective: the target class's probability (IG, all filters
+  off → on) or log-probability (Taylor: Molchanov's gate-gradient × activation with its sign kept) on the
+  adversarial examples, minus the true class's on the clean images for the net game (both scores are linear in
+  the objective, so the difference is exact);
+- ``random``: the mean over ``--n-random`` random orders per run.
 
-    python -m experiments.adversarial_repair                  # shapes, 3 × 3 seeds (~25 min on 2 cores)
-    python -m experiments.adversarial_repair --data digits    # the first try's network, new game
-    python -m experiments.adversarial_repair --quick          # smoke setting, seconds
+Measured on TEST images never used in the analysis: transfer success (examples made against the unrepaired model),
+adaptive success (made again against the repaired model, same targets and start), clean accuracy (the cost) and
+clean accuracy − transfer success (one number for the trade-off). Error bars: one network per ``--train-seeds``
+entry; the baselines once per network (deterministic), tmab per semivalue and random once per
+``--estimator-seeds`` entry. Cells are mean ± sd over those runs, **bold** where a method differs from leave-one-out
+at the same k by more than the two spreads (``seeds.clear``), † where it so differs from random. A cost table gives
+each semivalue's rows, certified count and CPU seconds and the script's CPU and wall time; an auto-written verdict
+line goes with every table. Analyses are cached under ``--cache`` by network identity (data, training seed,
+epochs, channels, images, game and attack, a hash of the weights and images). Writes ``adversarial_repair.md`` and
+``adversarial_repair.png`` to ``--out`` and logs both to one W&B run. ``--max-evals`` is refused (the budget is
+``--max-rows``).
+
+    python -m experiments.adversarial_repair --data digits    # 3 × 3 seeds, 4 semivalues
+    python -m experiments.adversarial_repair                  # the shapes network: about 10× the CPU
+    python -m experiments.adversarial_repair --quick          # smoke setting, seconds (shapley, banzhaf)
 """
 
 from __future__ import annotations
@@ -37,42 +51,50 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from experiments import common, seeds
-from nsl import FilterPlayers, tmab
-from nsl.baselines import baseline_result
+from experiments import certified, common, seeds
+from experiments import repair_methods as rm
+from nsl import FilterPlayers
+from nsl.baselines import as_result, baseline_result
 from nsl.games import AccuracyGame, AdversarialGame
 from nsl.train import compose_config
 
 NAME = "adversarial_repair"
 KS = (0, 1, 2, 3, 5, 10, 20)
 METRICS = ("transfer", "adaptive", "clean")
-RANKINGS = ("tmab", "leave_one_out", "random")
+TRADE_OFF = "clean_minus_transfer"
 DATA = {  # --data: training variant, default L-inf radius, default epochs, quick SmallCNN channels
     "shapes": ("shapes_cnn", 8 / 255, 6, (4, 6, 8, 10)),
     "digits": ("digits_cnn", 32 / 255, 15, (4, 6, 8)),
 }
-STYLE = {"tmab": "tab:red", "leave_one_out": "tab:blue", "random": "gray"}
+QUICK_SEMIVALUES = "shapley,banzhaf"
+QUICK_ROWS = 20_000
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = common.parser(__doc__, NAME, quick="tiny smoke setting (small model, 1 epoch)")
-    common.add_removal_flags(p, KS, top_k_help="top contributors TMAB separates", n_random=2)
+    p = common.parser(__doc__, NAME, quick="tiny smoke setting (small model, seconds)")
+    common.add_removal_flags(p, KS, top_k_help="top contributors each certified analysis separates", n_random=2)
+    for action in p._actions:  # the budget is --max-rows; --max-evals is refused below
+        if action.dest == "max_evals":
+            action.help = argparse.SUPPRESS
     seeds.add_seed_flags(p)
+    certified.add_semivalue_flags(p)
     p.add_argument("--data", choices=sorted(DATA), default="shapes", help="generated shapes (wide CNN) or digits")
     p.add_argument("--game", choices=("net", "success"), default="net",
                    help="net: attack success − clean accuracy (default); success: attack success alone")
     p.add_argument("--eps", type=float, default=None, help="L-inf radius (default 8/255 shapes, 32/255 digits)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps")
-    p.set_defaults(max_evals=1500)  # ~6 per filter of the shapes network: a 32×32 evaluation costs ~20× a digits one
     p.add_argument("--eval-size", type=int, default=100, help="validation images in the game (correctly classified)")
     p.add_argument("--test-size", type=int, default=200, help="test images measured")
     p.add_argument("--train-size", type=int, default=2000, help="generated training images (shapes only)")
-    quick = {"epochs": 1, "max_evals": 60, "n_random": 1, "top_k": 3, "steps": 3, "eval_size": 32, "test_size": 32,
-             "train_size": 200}
+    quick = {"epochs": 1, "n_random": 1, "top_k": 3, "steps": 3, "eval_size": 32, "test_size": 32, "train_size": 200,
+             "semivalues": lambda v: QUICK_SEMIVALUES if v == certified.SEMIVALUES else v,
+             "max_rows": lambda v: QUICK_ROWS if v == certified.MAX_ROWS else v}
+    given = sys.argv[1:] if argv is None else argv
+    if any(a.split("=")[0] == "--max-evals" for a in given):
+        raise ValueError("--max-evals no longer applies: every analysis is certified within --max-rows rows.")
     args = common.parse_removal_args(p, argv, quick=quick, positive=("steps", "eval_size", "test_size", "train_size"),
                                      check_filters=False)  # checked below, against the --data network
     experiment, eps, epochs, quick_channels = DATA[args.data]
-    given = sys.argv[1:] if argv is None else argv
     if not args.quick and not any(a.split("=")[0] == "--epochs" for a in given):
         args.epochs = epochs  # the network's own default
     args.experiment = experiment
@@ -83,17 +105,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.eps = eps if args.eps is None else args.eps
     if not 0 < args.eps <= 1:
         raise ValueError(f"--eps={args.eps} must be an L-inf radius in (0, 1] (inputs lie in [0, 1]).")
-    return args
+    return certified.finish_semivalue_args(args)
 
 
 def attack_metrics(transfer: AdversarialGame, clean: AccuracyGame, attack: dict[str, Any]) -> dict[str, float]:
-    """Transfer and adaptive attack success and clean accuracy of the model as it is now.
+    """Transfer and adaptive attack success, clean accuracy, and clean accuracy − transfer success of the model as
+    it is now.
 
     ``transfer`` holds examples made against the unrepaired model; the adaptive attack is made afresh against
     the model as it is with ``attack`` (same options and seed, so the same targets and start points).
     """
     adaptive = AdversarialGame(clean.model, clean.players, clean.inputs, clean.targets, **attack)
-    return {"transfer": transfer.full_value(), "adaptive": adaptive.full_value(), "clean": clean.full_value()}
+    row = {"transfer": transfer.full_value(), "adaptive": adaptive.full_value(), "clean": clean.full_value()}
+    row[TRADE_OFF] = row["clean"] - row["transfer"]
+    return row
 
 
 def correctly_classified(model: torch.nn.Module, x: Tensor, y: Tensor, size: int) -> tuple[Tensor, Tensor]:
@@ -117,12 +142,23 @@ def train(args: argparse.Namespace, seed: int) -> tuple[Any, FilterPlayers, Imag
             (x_test[: args.test_size], y_test[: args.test_size]))
 
 
-def one_network(args: argparse.Namespace, t: int) -> list[dict[str, Any]]:
-    """Every estimator seed's curves on the network trained with seed ``t`` (leave-one-out computed once)."""
+def network_key(args: argparse.Namespace, t: int, model: torch.nn.Module, game: AdversarialGame) -> str:
+    """What a cached analysis of this network's adversarial game depends on."""
+    channels = "-".join(map(str, args.channels)) if args.channels else "default"
+    size = f"|train_size={args.train_size}" if args.data == "shapes" else ""
+    return (f"{args.experiment}|train_seed={t}|epochs={args.epochs}|channels={channels}{size}"
+            f"|eval={len(game.attack_labels)}|game=adversarial:{args.game}:pgd:eps={args.eps:.6f}:steps={args.steps}"
+            f":targeted:seed={t}|fingerprint={rm.fingerprint(model, game.clean_inputs, game.true_labels)}")
+
+
+def one_network(args: argparse.Namespace, t: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The network trained with seed ``t``: its baseline rankings and curves (once), and every estimator seed's
+    analyses and curves."""
     start = time.perf_counter()
     model, players, (x_val, y_val), (x_test, y_test) = train(args, t)
     attack = {"attack": "pgd", "eps": args.eps, "steps": args.steps, "targeted": True}
-    game = AdversarialGame(model, players, x_val, y_val, seed=t, net_of_clean=args.game == "net", **attack)
+    net = args.game == "net"
+    game = AdversarialGame(model, players, x_val, y_val, seed=t, net_of_clean=net, **attack)
     test_attack = {**attack, "seed": t + 1}
     transfer = AdversarialGame(model, players, x_test, y_test, **test_attack)
     clean = AccuracyGame(model, players, x_test, y_test)
@@ -135,103 +171,163 @@ def one_network(args: argparse.Namespace, t: int) -> list[dict[str, Any]]:
         return attack_metrics(transfer, clean, test_attack)
 
     k_max = args.ks[-1]
-    loo = baseline_result("leave_one_out", model, players, x_val, y_val, k=k_max, game=game)
-    loo_rows = common.removal_rows(model, players, loo.culprits(k_max), args.ks, measure)
+    rankings: dict[str, Tensor] = {}
+    cpu: dict[str, float] = {}
+    clock = time.process_time()
+    loo = baseline_result("leave_one_out", model, players, k=k_max, game=game)
+    rankings[rm.LOO] = loo.culprits(k_max)
+    cpu[rm.LOO] = time.process_time() - clock
+    # the game's objective: the attack's target class on its examples, minus (net game) the true class on the clean
+    parts = [(game.adversarial_inputs, game.attack_labels, 1.0)]
+    if net:
+        parts.append((game.clean_inputs, game.true_labels, -1.0))
+    for name in rm.BASELINE_METHODS[1:]:
+        clock = time.process_time()
+        scores = rm.objective_scores(name, model, players, parts)
+        rankings[name] = as_result(scores, players, name, k=k_max).culprits(k_max)
+        cpu[name] = time.process_time() - clock
+    curves = {name: common.removal_rows(model, players, order, args.ks, measure) for name, order in rankings.items()}
+    key = network_key(args, t, model, game)
+    network = {"train_seed": t, "model": model, "players": players, "game": game, "rankings": rankings,
+               "curves": curves, "baseline_cpu": cpu, "loo_evals": loo.n_evals, "n_images": len(y_val),
+               "v_full": v_full, "v_empty": v_empty, "key": key}
     runs = []
     for e in args.estimator_seeds:
-        result = tmab(game, args.top_k, tail="top", max_evals=args.max_evals, seed=e)
-        curves = common.ranking_curves(model, players, {"tmab": result.culprits(k_max)}, args.ks, measure,
-                                       n_random=args.n_random, seed=1000 * t + e)
-        curves["leave_one_out"] = loo_rows
-        runs.append({"train_seed": t, "estimator_seed": e, "curves": curves, "result": result,
-                     "filters": [players.names[i] for i in result.culprits(k_max).tolist()],
+        run_curves = dict(curves)
+        results, spent, culprits = {}, {}, {}
+        for sv in args.semivalue_list:
+            method = certified.method_name(sv)
+            clock = time.process_time()
+            results[method] = certified.certified(game, semivalue=sv, seed=e, top_k=args.top_k, tail="top",
+                                                  max_rows=args.max_rows, cache=args.cache, key=key)
+            spent[method] = time.process_time() - clock
+            culprits[method] = results[method].culprits(k_max)
+            if len(culprits[method]) < k_max:
+                print(f"  warning: {method} ranks only {len(culprits[method])} filters (k up to {k_max})")
+            run_curves[method] = common.removal_rows(model, players, culprits[method], args.ks, measure)
+            r, last = results[method], run_curves[method][-1]
+            print(f"  estimator seed {e}, {method}: {r.n_rows or 0:,} rows, certified={r.converged}, "
+                  f"{certified.cpu_seconds(r):.0f} s CPU; k={k_max}: transfer {last['transfer']:.3f}, "
+                  f"clean {last['clean']:.3f}")
+        randoms = common.random_orders(len(players), args.n_random, 1000 * t + e)
+        run_curves[rm.RANDOM] = common.mean_rows(
+            [common.removal_rows(model, players, o, args.ks, measure) for o in randoms])
+        runs.append({"train_seed": t, "estimator_seed": e, "results": results, "culprits": culprits,
+                     "curves": run_curves, "cpu": spent,
+                     "filters": {m: [players.names[i] for i in c.tolist()] for m, c in culprits.items()},
                      "v_full": v_full, "v_empty": v_empty, "n_images": len(y_val)})
-        print(f"  estimator seed {e}: tmab {result.n_evals} evaluations, converged={result.converged}, "
-              f"{result.seconds:.0f} s; k={k_max}: transfer {curves['tmab'][-1]['transfer']:.3f}, clean "
-              f"{curves['tmab'][-1]['clean']:.3f} (random {curves['random'][-1]['transfer']:.3f}, "
-              f"{curves['random'][-1]['clean']:.3f})")
-    return runs
+    return network, runs
 
 
-def aggregate(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, seeds.Spread]]]:
-    """Per ranking and k, the Spread of each metric over all runs."""
-    return {name: seeds.spread_rows([run["curves"][name] for run in runs]) for name in RANKINGS}
-
-
-def plot(ks: tuple[int, ...], runs: list[dict[str, Any]], stats: dict[str, list[dict[str, seeds.Spread]]],
-         path: Path, title: str) -> None:
-    """Left: transfer (solid) and adaptive (dashed) success against clean accuracy, one point per k with ±1 sd
-    in both directions. Right: transfer success and clean accuracy against k, ±1 sd bands."""
+def plot(ks: tuple[int, ...], names: tuple[str, ...], stats: dict[str, list[dict[str, seeds.Spread]]],
+         per_run: dict[str, list[list[dict[str, float]]]], path: Path, title: str) -> None:
+    """Left: transfer success against clean accuracy, one point per k with ±1 sd in both directions. Right:
+    transfer success against k, ±1 sd bands (adaptive success is in the tables)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
-    for name in RANKINGS:
-        color = STYLE[name]
-        for metric, ls in (("transfer", "-"), ("adaptive", "--")):
-            rows = stats[name]
-            left.errorbar([r["clean"].mean for r in rows], [r[metric].mean for r in rows],
-                          xerr=[r["clean"].sd for r in rows], yerr=[r[metric].sd for r in rows], color=color,
-                          linestyle=ls, marker="o", ms=3, capsize=2, label=f"{name}: {metric}")
-        curves = [run["curves"][name] for run in runs]
-        seeds.band(right, ks, [[r["transfer"] for r in c] for c in curves], color=color, label=f"{name}: transfer")
-        seeds.band(right, ks, [[r["clean"] for r in c] for c in curves], color=color, linestyle=":",
-                   label=f"{name}: clean accuracy")
-    left.set(xlabel="clean test accuracy", ylabel="targeted attack success on test images",
+    for name in names:
+        style = rm.line_style(name, names)
+        rows = stats[name]
+        left.errorbar([r["clean"].mean for r in rows], [r["transfer"].mean for r in rows],
+                      xerr=[r["clean"].sd for r in rows], yerr=[r["transfer"].sd for r in rows], marker="o", ms=3,
+                      capsize=2, label=name, **style)
+        seeds.band(right, ks, [[r["transfer"] for r in c] for c in per_run[name]], label=name, marker="o", ms=3,
+                   **style)
+    left.set(xlabel="clean test accuracy", ylabel="transfer attack success on test images",
              title="success against clean accuracy (k grows leftwards)")
     left.invert_xaxis()
-    right.set(xlabel="filters removed (k)", ylabel="rate on test images", title=title, ylim=(-0.02, 1.02))
+    right.set(xlabel="filters removed (k)", ylabel="transfer attack success", title=title, ylim=(-0.02, 1.02))
     left.legend(fontsize=7)
-    right.legend(fontsize=7)
     common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the experiment; returns the per-run curves, their spreads and the report paths (for tests)."""
     args = parse(argv)
-    start = time.perf_counter()
-    runs = [run for t in args.train_seeds for run in one_network(args, t)]
-    stats = aggregate(runs)
-    n_filters = len(runs[0]["result"].values)
-    rows = []
-    for i, k in enumerate(args.ks):
-        for name in RANKINGS:
-            r, rnd = stats[name][i], stats["random"][i]
-            cells = [format(r[m]) if name == "random" else seeds.mark(r[m], rnd[m]) for m in METRICS]
-            rows.append([k, name, *cells])
-    columns = ["k", "ranking", "transfer success", "adaptive success", "clean accuracy"]
-    certified = sum(run["result"].converged for run in runs)
-    evals = seeds.spread(run["result"].n_evals for run in runs)
-    sizes = seeds.spread(run["n_images"] for run in runs)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    networks, runs = [], []
+    for t in args.train_seeds:
+        network, network_runs = one_network(args, t)
+        networks.append(network)
+        runs.extend(network_runs)
+
+    names = rm.methods(args.semivalue_list)
+    tmab_names = names[: len(args.semivalue_list)]
+    per_run = {name: [n["curves"][name] for n in networks] if name in rm.BASELINE_METHODS
+               else [r["curves"][name] for r in runs] for name in names}
+    stats = {name: seeds.spread_rows(curves) for name, curves in per_run.items()}
+
+    shared = {name: rm.agreement([(r["train_seed"], r["culprits"][name]) for r in runs], args.ks)
+              for name in tmab_names}
+    agreement_rows = [[k, *("–" if shared[n][i] != shared[n][i] else f"{shared[n][i]:.2f}" for n in tmab_names)]
+                      for i, k in enumerate(args.ks)]
+    analyses = {name: [r["results"][name] for r in runs] for name in tmab_names}
+    spent = {name: sum(r["cpu"][name] for r in runs) for name in tmab_names}
+    baseline_cost = {rm.LOO: f"{networks[0]['loo_evals']} evaluations per network"}
+    baseline_cost.update({name: "the game's images per network" for name in rm.BASELINE_METHODS[1:]})
+    for name in baseline_cost:
+        baseline_cost[name] += f", {sum(n['baseline_cpu'][name] for n in networks):.1f} s CPU in all"
+    cost = rm.cost_rows(analyses, spent, baseline_cost)
+    cpu_total, wall_total = time.process_time() - cpu_start, time.perf_counter() - start
+    n_certified = {name: sum(bool(r.converged) for r in results) for name, results in analyses.items()}
+
+    verdicts = [
+        rm.verdict(args.ks, stats, names, "transfer", higher=False, measure="Transfer success",
+                   beside=("clean", "clean")),
+        rm.verdict(args.ks, stats, names, "adaptive", higher=False, measure="Adaptive success",
+                   beside=("clean", "clean")),
+        rm.verdict(args.ks, stats, names, "clean", higher=True, measure="Clean accuracy",
+                   beside=("transfer", "transfer")),
+        rm.verdict(args.ks, stats, names, TRADE_OFF, higher=True, measure="Clean accuracy − transfer success",
+                   beside=("transfer", "transfer")),
+        "**Cost**: " + "; ".join(f"{n.removeprefix('tmab ')} {n_certified[n]}/{len(analyses[n])} certified, "
+                                 f"{sum(certified.cpu_seconds(r) for r in analyses[n]):.0f} s CPU" for n in tmab_names)
+        + f"; the script {cpu_total:.0f} s CPU (this process), {wall_total:.0f} s wall.",
+    ]
+    tables = {
+        "Transfer attack success on test images by method and k": rm.method_table(args.ks, stats, names, "transfer"),
+        "Adaptive attack success (made against the repaired model)": rm.method_table(args.ks, stats, names,
+                                                                                     "adaptive"),
+        "Clean test accuracy (the cost)": rm.method_table(args.ks, stats, names, "clean"),
+        "Clean accuracy − transfer success (the trade-off)": rm.method_table(args.ks, stats, names, TRADE_OFF),
+        "Culprits shared by two estimator seeds on the same network": (["k", *tmab_names], agreement_rows),
+        "Cost of the analyses": (rm.COST_COLUMNS, cost),
+    }
+
+    n_filters = len(networks[0]["players"])
+    sizes = seeds.spread(n["n_images"] for n in networks)
     game_text = ("attack success − clean accuracy (net_of_clean)" if args.game == "net" else "attack success alone")
-    before, after = stats["tmab"][0], stats["tmab"][-1]
+    before = stats[rm.RANDOM][0]
     header = (
-        f"## Adversarial repair on {args.data}\n\n"
+        f"## Adversarial repair on {args.data}, certified analyses by semivalue\n\n"
         f"{n_filters} filters ({args.experiment}, {args.epochs} epochs). Game: {game_text}, targeted L∞ PGD "
         f"(eps = {args.eps * 255:.0f}/255, {args.steps} steps, random wrong target per image) made once per network "
-        f"on {sizes.mean:.0f} correctly classified validation images; tmab(top_k="
-        f"{args.top_k}, max_evals={args.max_evals}): {evals:.0f} evaluations, {certified}/{len(runs)} runs "
-        f"certified. Top k of each ranking zeroed; measured on {args.test_size} test images: transfer = examples made "
-        f"against the unrepaired model, adaptive = made again against the repaired model. Leave-one-out is "
-        f"deterministic per network (its spread is over training seeds only); random = mean of {args.n_random} "
-        f"orders per run. {seeds.seed_note(args)} Bold: differs from random removal of the same k by more than the "
-        f"two spreads.\n\n"
-        f"Before: transfer success {before['transfer']:.3f}, clean accuracy {before['clean']:.3f}. "
-        f"k = {args.ks[-1]} by tmab: transfer {after['transfer']:.3f}, adaptive {after['adaptive']:.3f}, clean "
-        f"{after['clean']:.3f}."
+        f"on {sizes.mean:.0f} correctly classified validation images (per-example sampling); certified tmab(top_k="
+        f"{args.top_k}, tail='top', max_rows={args.max_rows:,}) per semivalue; integrated_gradients / taylor (signed) "
+        f"on the game's objective. Top k of each ranking zeroed; measured on {args.test_size} test images: transfer = "
+        f"examples made against the unrepaired model, adaptive = made again against the repaired model. The "
+        f"baselines are deterministic per network (their spread is over training seeds only); random = mean of "
+        f"{seeds.plural(args.n_random, 'order')} per run. {seeds.seed_note(args)} **Bold**: differs from "
+        f"leave_one_out at the same k by more than the two spreads; †: so differs from random. Before: transfer "
+        f"success {before['transfer']}, clean accuracy {before['clean']}.\n\n" + "\n".join(f"- {v}" for v in verdicts)
     )
     png = common.png_path(args, NAME)
-    plot(args.ks, runs, stats, png, f"{args.data}: removing the attack's top filters ({n_filters} filters)")
-    summary: dict[str, float] = {"seconds": time.perf_counter() - start, "tmab_evals": evals.mean,
-                                 "tmab_certified": float(certified)}
-    for name in RANKINGS:
+    plot(args.ks, names, stats, per_run, png, f"{args.data}: removing the attack's top filters ({n_filters} filters)")
+    summary: dict[str, float] = {"seconds": wall_total, "cpu_seconds": cpu_total, "runs": float(len(runs))}
+    for name in names:
+        key = rm.slug(name)
         for i, k in enumerate(args.ks):
-            for m in METRICS:
-                summary[f"{name}/{m}_at_{k}"] = stats[name][i][m].mean
-                summary[f"{name}/{m}_at_{k}_sd"] = stats[name][i][m].sd
-    culprits = [[run["train_seed"], run["estimator_seed"], ", ".join(run["filters"][:5])] for run in runs]
-    tables = {"Attack success and clean accuracy on test images": (columns, rows),
-              "tmab's top 5 filters per run": (["train seed", "estimator seed", "filters"], culprits)}
+            for m in (*METRICS, TRADE_OFF):
+                summary[f"{key}/{m}_at_{k}"] = stats[name][i][m].mean
+                summary[f"{key}/{m}_at_{k}_sd"] = stats[name][i][m].sd
+    for name in tmab_names:
+        key = rm.slug(name)
+        summary[f"{key}/certified"] = float(n_certified[name])
+        summary[f"{key}/rows_median"] = float(torch.tensor([float(r.n_rows or 0) for r in analyses[name]]).median())
+        summary[f"{key}/cpu_seconds"] = sum(certified.cpu_seconds(r) for r in analyses[name])
     paths = common.report(NAME, args, start, tables=tables, images={"attack_success_vs_clean": png},
                           summary=summary, header=header)
-    return {"ks": args.ks, "runs": runs, "stats": stats, "summary": summary, **paths}
+    return {"ks": args.ks, "names": names, "runs": runs, "networks": networks, "stats": stats, "per_run": per_run,
+            "verdicts": verdicts, "summary": summary, "args": args, **paths}
 
 
 if __name__ == "__main__":
