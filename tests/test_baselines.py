@@ -335,11 +335,15 @@ def test_result_wrapper_works_with_removal_curves_and_pruning(model, digits_val,
 
 
 def test_removal_curve_experiment_quick(tmp_path):
-    summary = removal_curves.main(["--quick", "--out", str(tmp_path)])
+    # the class-specific part is checked in test_experiments_figures; here every ranking of the overall table
+    summary = removal_curves.main(["--quick", "--classes", "", "--out", str(tmp_path), "--no-wandb",
+                                   "--cache", str(tmp_path / "analyses")])
     table = (tmp_path / "removal_curves.md").read_text()
-    for name in ("tmab", *BASELINES):
-        assert name in table
+    assert summary["tmab_names"] == ["tmab shapley", "tmab banzhaf"]  # --quick's semivalues
+    for name in (*summary["tmab_names"], *BASELINES):
+        assert f"| {name} |" in table
         assert name in summary["auc"]
+    assert summary["verdicts"]["overall"] in table and "| tmab banzhaf (accuracy) |" in table
     assert (tmp_path / "removal_curves.png").stat().st_size > 1000
     assert all(0 <= v <= 1 for v in summary["auc"].values())
     assert all(curve[0] == pytest.approx(summary["full_value"]) for curve in summary["curves"].values())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import statistics
 from pathlib import Path
 from types import ModuleType
@@ -16,9 +17,10 @@ import pytest
 import torch
 
 from conftest import inspect_wandb
-from experiments import seeds
+from experiments import certified, seeds
 from experiments.common import random_orders
 from nsl import AccuracyGame, ClassGame, FilterPlayers, monte_carlo
+from nsl.baselines import integrated_gradients, leave_one_out, taylor
 from nsl.data import load_digits_tensors
 from nsl.games import CountingGame, additive_game
 from nsl.report import removal_values
@@ -66,9 +68,12 @@ def area(curve: list[float]) -> float:
 def test_removal_curves_quick_over_seeds(tmp_path, monkeypatch):
     module = load("removal_curves")
     monkeypatch.setitem(seeds.QUICK, "train_seeds", "0,1")  # --quick sets the seeds; two networks here
-    out = module.main(["--quick", "--classes", "1,7", "--out", str(tmp_path)])
+    cache = tmp_path / "analyses"
+    out = module.main(["--quick", "--classes", "1,7", "--out", str(tmp_path), "--cache", str(cache)])
     runs = out["runs"]
     assert [(r["train_seed"], r["estimator_seed"]) for r in runs] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    tmab_names = ["tmab shapley", "tmab banzhaf"]  # --quick's semivalues, one column each
+    assert out["tmab_names"] == tmab_names
 
     # Each run of the last network (training seed 1): its curves are the accuracy on that seed's validation images
     # along the run's rankings; the random curve is the mean over the run's random orders.
@@ -79,93 +84,161 @@ def test_removal_curves_quick_over_seeds(tmp_path, monkeypatch):
     steps = range(11)  # --quick removes up to 10 filters
     for run in runs[2:]:
         assert run["full_value"] == pytest.approx(game.full_value())
-        for name in ("tmab", "weight_l1", "integrated_gradients", "random"):
+        for name in (*tmab_names, "leave_one_out", "taylor", "weight_l1", "integrated_gradients", "random"):
             expected = removal_values(game, run["results"][name].ranking(), steps).tolist()
             assert run["curves"][name] == pytest.approx(expected)
         orders = random_orders(len(players), 2, run["estimator_seed"])
         expected = torch.stack([removal_values(game, o, steps) for o in orders]).mean(0).tolist()
         assert run["curves"]["random (mean of 2)"] == pytest.approx(expected)
-    # The deterministic baselines do not depend on the estimator seed; TMAB and the random ranking do.
+        # one tmab analysis per semivalue, within --quick's 20,000-row budget, each saved in the cache
+        for name, semivalue in zip(tmab_names, ("shapley", "banzhaf"), strict=True):
+            result = run["results"][name]
+            assert result.semivalue == semivalue and 0 < result.n_rows <= 20_000
+            assert certified.cpu_seconds(result) > 0
+    assert len(list(cache.glob("*.pt"))) == 2 * 4 * (1 + 2)  # 2 semivalues × 4 runs × (accuracy + 2 digits)
+    # leave-one-out is v(N) − v(N∖{i}) on the same game
+    loo = torch.tensor([game.full_value() - game(~torch.eye(len(players), dtype=torch.bool)[i:i + 1]).item()
+                        for i in range(len(players))], dtype=torch.float64)
+    assert runs[2]["results"]["leave_one_out"].values == pytest.approx(loo.tolist())
+    # The deterministic baselines do not depend on the estimator seed; the tmab analyses and the random ranking do.
     assert torch.equal(runs[2]["results"]["taylor"].values, runs[3]["results"]["taylor"].values)
-    assert not torch.equal(runs[2]["results"]["tmab"].values, runs[3]["results"]["tmab"].values)
+    for name in tmab_names:
+        assert not torch.equal(runs[2]["results"][name].values, runs[3]["results"][name].values)
     assert not torch.equal(runs[2]["results"]["random"].ranking(), runs[3]["results"]["random"].ranking())
+    # the two semivalues are different analyses of the same game
+    assert not torch.equal(runs[2]["results"]["tmab shapley"].values, runs[2]["results"]["tmab banzhaf"].values)
 
     # Seeded rankings spread over all 4 runs, deterministic ones over the 2 networks only.
-    tmab_aucs = [area(r["curves"]["tmab"]) for r in runs]
-    assert out["auc_spread"]["tmab"].n == 4
-    assert out["auc"]["tmab"] == pytest.approx(sum(tmab_aucs) / 4)
-    assert out["auc_spread"]["tmab"].sd == pytest.approx(sample_sd(tmab_aucs)) and out["auc_spread"]["tmab"].sd > 0
+    for name in tmab_names:
+        aucs = [area(r["curves"][name]) for r in runs]
+        assert out["auc_spread"][name].n == 4
+        assert out["auc"][name] == pytest.approx(sum(aucs) / 4)
+        assert out["auc_spread"][name].sd == pytest.approx(sample_sd(aucs)) and out["auc_spread"][name].sd > 0
     l1_aucs = [area(r["curves"]["weight_l1"]) for r in (runs[0], runs[2])]
     assert out["auc_spread"]["weight_l1"].n == 2
     assert out["auc"]["weight_l1"] == pytest.approx(sum(l1_aucs) / 2)
     assert out["auc_spread"]["weight_l1"].sd == pytest.approx(sample_sd(l1_aucs))
-    assert out["curves"]["tmab"][5] == pytest.approx(sum(r["curves"]["tmab"][5] for r in runs) / 4)
+    assert out["curves"]["tmab banzhaf"][5] == pytest.approx(sum(r["curves"]["tmab banzhaf"][5] for r in runs) / 4)
     assert out["full_value"] == pytest.approx((runs[0]["full_value"] + runs[2]["full_value"]) / 2)
     assert all(curve[0] == pytest.approx(out["full_value"]) for curve in out["curves"].values())
 
-    # The AUC row: mean ± sd per ranking, bold exactly where it differs from tmab by more than the spreads.
+    # The AUC row: mean ± sd per ranking, bold exactly where it differs from leave-one-out by more than the spreads.
     text = (tmp_path / "removal_curves.md").read_text()
     auc_row = next(line for line in text.splitlines() if line.startswith("| AUC |"))
     cells = [c.strip() for c in auc_row.strip("|").split("|")][1:]
     names = list(out["curves"])
-    ref = out["auc_spread"]["tmab"]
+    assert names[:5] == [*tmab_names, "leave_one_out", "integrated_gradients", "taylor"]
+    ref = out["auc_spread"]["leave_one_out"]
     for name, cell in zip(names, cells, strict=True):
         s = out["auc_spread"][name]
         assert cell.strip("*") == f"{s.mean:.3f} ± {s.sd:.3f}"
-        assert cell.startswith("**") == (name != "tmab" and abs(s.mean - ref.mean) > s.sd + ref.sd)
+        assert cell.startswith("**") == (name != "leave_one_out" and abs(s.mean - ref.mean) > s.sd + ref.sd)
     assert "2 training seeds (0, 1) × 2 estimator seeds = 4 runs" in text
+
+    # The verdict names the ranking with the lowest mean AUC as best on the AUC, and says whether a tmab semivalue
+    # beats leave-one-out by more than the spreads on some measure.
+    overall = out["verdicts"]["overall"]
+    assert overall in text
+    best = min(out["auc_spread"], key=lambda n: out["auc_spread"][n].mean)
+    assert re.search(rf"{re.escape(best)} on \d+ of \d+ \([^)]*AUC\)", overall)
+    measures = [(out["spreads"][n][r], out["spreads"]["leave_one_out"][r], n) for r in (5, 10) for n in tmab_names]
+    measures += [(out["auc_spread"][n], ref, n) for n in tmab_names]
+    beats = any(seeds.clear(a, b) and a.mean < b.mean for a, b, _ in measures)
+    assert ("no tmab semivalue beats leave_one_out" in overall) == (not beats)
+    assert "best semivalue: tmab" in overall
+
+    # The cost table: one row per semivalue and game, the cost of exactly those analyses; the script's CPU time.
+    cost = dict(out["cost"])
+    for name in tmab_names:
+        assert cost[f"{name} (accuracy)"] == certified.cost_cell([r["results"][name] for r in runs])
+        assert cost[f"{name} (class games)"].endswith("s CPU") and "/8 certified" in cost[f"{name} (class games)"]
+        assert f"| {name} (accuracy) | {cost[name + ' (accuracy)']} |" in text
+    assert out["cpu_seconds"] > 0 and f"This script: {out['cpu_seconds']:.0f} s CPU" in text
 
     # Class-specific runs of the last network, recomputed on its held-out test images.
     found = out["class_curves"]
     assert list(found) == [1, 7]
     x_test, y_test = load_digits_tensors("test", val_size=60, seed=1)
+    class_names = ["class tmab shapley", "class tmab banzhaf", "class leave_one_out", "class integrated_gradients",
+                   "class taylor", "overall tmab shapley", "random"]
     for digit, data in found.items():
-        assert len(data["runs"]) == 4
+        assert len(data["runs"]) == 4 and list(data["own"]) == class_names
         class_steps = range(len(data["own"]["random"]))
         assert len(class_steps) == 9  # --quick removes up to 8 filters
         own = ClassGame(model, players, x_test, y_test, digit)
         rest = y_test != digit
         others = AccuracyGame(model, players, x_test[rest], y_test[rest])
+        # the class baselines see only this digit: leave-one-out on its class game, IG and Taylor on its images
+        mask = y == digit
+        results = data["runs"][2]["results"]
+        assert torch.equal(results["class leave_one_out"].values,
+                           leave_one_out(model, players, game=ClassGame(model, players, x, y, digit)))
+        assert torch.equal(results["class taylor"].values, taylor(model, players, x[mask], y[mask]))
+        assert results["class integrated_gradients"].values == pytest.approx(
+            integrated_gradients(model, players, x[mask], y[mask], steps=4).tolist())
         for i in (2, 3):
-            run, overall = data["runs"][i], runs[i]
-            assert (run["train_seed"], run["estimator_seed"]) == (overall["train_seed"], overall["estimator_seed"])
-            assert run["result"].method == "tmab" and run["result"].n_evals > 0
-            ranking = run["result"].ranking()
-            assert run["own"]["class tmab"] == pytest.approx(removal_values(own, ranking, class_steps).tolist())
-            assert run["others"]["class tmab"] == pytest.approx(removal_values(others, ranking, class_steps).tolist())
-            top = overall["results"]["tmab"].ranking()
-            assert run["own"]["overall tmab"] == pytest.approx(removal_values(own, top, class_steps).tolist())
+            run, overall_run = data["runs"][i], runs[i]
+            assert (run["train_seed"], run["estimator_seed"]) == (overall_run["train_seed"],
+                                                                  overall_run["estimator_seed"])
+            for name in class_names[:5]:
+                ranking = run["results"][name].ranking()
+                assert run["own"][name] == pytest.approx(removal_values(own, ranking, class_steps).tolist())
+                assert run["others"][name] == pytest.approx(removal_values(others, ranking, class_steps).tolist())
+            assert run["results"]["class tmab banzhaf"].semivalue == "banzhaf"
+            top = overall_run["results"]["tmab shapley"].ranking()
+            assert run["own"]["overall tmab shapley"] == pytest.approx(removal_values(own, top, class_steps).tolist())
             orders = random_orders(len(players), 2, run["estimator_seed"] + 1000 + digit)
             expected = torch.stack([removal_values(others, o, class_steps) for o in orders]).mean(0).tolist()
             assert run["others"]["random"] == pytest.approx(expected)
             assert run["n_images"][1] + run["n_images"][2] == len(y_test)
-        # Means and sds over the 4 runs.
-        values = [r["own"]["class tmab"][2] for r in data["runs"]]
-        assert data["own"]["class tmab"][2] == pytest.approx(sum(values) / 4)
-        assert data["own_spread"]["class tmab"][2].sd == pytest.approx(sample_sd(values))
+        # Means and sds: seeded rankings over the 4 runs, the class baselines over the 2 networks.
+        values = [r["own"]["class tmab shapley"][2] for r in data["runs"]]
+        assert data["own"]["class tmab shapley"][2] == pytest.approx(sum(values) / 4)
+        assert data["own_spread"]["class tmab shapley"][2].sd == pytest.approx(sample_sd(values))
+        assert data["own_spread"]["class leave_one_out"][2].n == 2
+        selectivity = [area(r["others"]["class tmab banzhaf"]) - area(r["own"]["class tmab banzhaf"])
+                       for r in data["runs"]]
+        assert data["selectivity"]["class tmab banzhaf"].mean == pytest.approx(sum(selectivity) / 4)
     assert (tmp_path / "removal_curves_classes.png").stat().st_size > 1000
     assert (tmp_path / "removal_curves.png").stat().st_size > 1000
-    assert "### overall" in text and "### class_specific" in text and "digit-7 tmab" in text
+    assert "### overall" in text and "### class_specific" in text and "### cost" in text
+    assert "digit-7 tmab banzhaf" in text and out["verdicts"]["class_specific"] in text
 
     history, logged_summary = logged(out["wandb_dir"])
     table = logged_table(out["wandb_dir"], history, "class_specific")
-    assert table["columns"][:2] == ["digit", "ranking"]
+    assert table["columns"][:2] == ["digit", "ranking"] and table["columns"][-1] == "selectivity"
     assert [row[:2] for row in table["data"]] == [
-        [d, r] for d in (1, 7) for r in (f"digit-{d} tmab", "overall tmab", "random")
+        [d, r] for d in (1, 7) for r in (f"digit-{d} tmab shapley", f"digit-{d} tmab banzhaf",
+                                         f"digit-{d} leave_one_out", f"digit-{d} integrated_gradients",
+                                         f"digit-{d} taylor", "overall tmab shapley", "random")
     ]
     own_at_2 = table["columns"].index("digit @2")
-    cell, rand = found[1]["own_spread"]["class tmab"][2], found[1]["own_spread"]["random"][2]
+    cell, base = found[1]["own_spread"]["class tmab shapley"][2], found[1]["own_spread"]["class leave_one_out"][2]
     assert table["data"][0][own_at_2].strip("*") == f"{cell.mean:.3f} ± {cell.sd:.3f}"
-    assert table["data"][0][own_at_2].startswith("**") == (abs(cell.mean - rand.mean) > cell.sd + rand.sd)
+    assert table["data"][0][own_at_2].startswith("**") == (abs(cell.mean - base.mean) > cell.sd + base.sd)
+    assert not table["data"][2][own_at_2].startswith("**")  # the reference itself is never bold
     assert history["class_specific_curves._type"] == "image-file"
     assert history["overall_curves._type"] == "image-file"
-    assert logged_table(out["wandb_dir"], history, "overall")["columns"][:2] == ["removed", "tmab"]
-    assert logged_summary["auc/tmab"] == pytest.approx(out["auc"]["tmab"])
-    assert logged_summary["auc_sd/tmab"] == pytest.approx(out["auc_spread"]["tmab"].sd)
-    assert logged_summary["digit_7/class_tmab/own_at_5"] == pytest.approx(found[7]["own"]["class tmab"][5])
-    assert logged_summary["digit_7/class_tmab/own_at_5_sd"] == pytest.approx(
-        found[7]["own_spread"]["class tmab"][5].sd)
+    assert logged_table(out["wandb_dir"], history, "overall")["columns"][:3] == ["removed", *tmab_names]
+    assert [row[0] for row in logged_table(out["wandb_dir"], history, "cost")["data"]][:4] == [
+        "tmab shapley (accuracy)", "tmab banzhaf (accuracy)", "tmab shapley (class games)",
+        "tmab banzhaf (class games)"]
+    assert logged_summary["auc/tmab banzhaf"] == pytest.approx(out["auc"]["tmab banzhaf"])
+    assert logged_summary["auc_sd/tmab shapley"] == pytest.approx(out["auc_spread"]["tmab shapley"].sd)
+    assert logged_summary["digit_7/class_tmab_shapley/own_at_5"] == pytest.approx(
+        found[7]["own"]["class tmab shapley"][5])
+    assert logged_summary["digit_7/class_tmab_shapley/own_at_5_sd"] == pytest.approx(
+        found[7]["own_spread"]["class tmab shapley"][5].sd)
     assert logged_summary["digit_1/random/others_at_2"] == pytest.approx(found[1]["others"]["random"][2])
+
+    # A second run (the second network retrained) loads its analyses from the cache: same numbers, no new files.
+    again = module.main(["--quick", "--classes", "", "--out", str(tmp_path / "again"), "--cache", str(cache),
+                         "--no-wandb", "--train-seeds", "1"])
+    assert len(list(cache.glob("*.pt"))) == 2 * 4 * (1 + 2)
+    for a, b in zip(again["runs"], runs[2:], strict=True):
+        for name in tmab_names:
+            assert torch.equal(a["results"][name].values, b["results"][name].values)
+            assert certified.cpu_seconds(a["results"][name]) == certified.cpu_seconds(b["results"][name])
 
 
 def test_removal_curves_reject_bad_classes(tmp_path):

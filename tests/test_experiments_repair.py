@@ -291,33 +291,80 @@ def test_filter_dropout_experiment_config_composes() -> None:
 
 @pytest.mark.slow
 def test_filter_dropout_quick_multirun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nsl.data import load_digits_tensors
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     module = load_script("filter_dropout")
-    out = module.main(["--quick", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="distinct"):
+        module.parse(["--semivalues", "shapley,shapley"])
+    with pytest.raises(ValueError, match="--eval-size=0"):
+        module.parse(["--eval-size", "0"])
+    cache = tmp_path / "analyses"
+    out = module.main(["--quick", "--out", str(tmp_path), "--cache", str(cache)])
     # one multirun: the baseline p = 0 and the quick rate, one training seed; two estimator seeds per run
     assert sorted((r["p"], r["seed"]) for r in out["runs"]) == [(0.0, 0), (0.2, 0)]
+    tmab_names = ["tmab shapley", "tmab banzhaf"]  # --quick's semivalues
+    fixed = [module.UNCERTIFIED, "leave_one_out", "integrated_gradients", "taylor"]
+    assert out["methods"] == [*tmab_names, *fixed, "random"]
     for p, rows in out["rows"].items():
-        assert [r["estimator_seed"] for r in rows] == [0, 1]
+        def of(method: str, rows: list = rows) -> list:
+            return [r for r in rows if r["method"] == method]
+
+        for m in [*tmab_names, "random"]:  # per estimator seed
+            assert [r["estimator_seed"] for r in of(m)] == [0, 1]
+        for m in fixed:  # once per network
+            assert [r["estimator_seed"] for r in of(m)] == [0]
         for r in rows:
-            assert all(0 <= r[m] <= 1 for m in ("full", "top2", "top4", "top6", "random", "bottom_half"))
-            assert 1 <= r["half_mass"] <= r["n"] or r["half_mass"] == 0
-        # the cells are mean ± sd over the rows
-        for key in ("top6", "gini"):
-            values = torch.tensor([r[key] for r in rows], dtype=torch.float64)
-            assert out["stats"][p][key].mean == pytest.approx(float(values.mean()))
-            assert out["stats"][p][key].sd == pytest.approx(float(values.std()), abs=1e-12)
-    # estimator seed 0 is the callback's own analysis: the script's game and estimator reproduce it exactly
+            assert all(0 <= r[m] <= 1 for m in ("full", "top2", "top4", "top6"))
+        for m in tmab_names:
+            for r in of(m):
+                assert 1 <= r["half_mass"] <= r["n"] or r["half_mass"] == 0
+                assert r["result"].semivalue == m.split()[1] and 0 < r["result"].n_rows <= 20_000
+        # the cells are mean ± sd over the rows of that method and rate
+        for m, key in (("tmab banzhaf", "top6"), ("tmab shapley", "gini"), ("random", "top4")):
+            values = torch.tensor([r[key] for r in of(m)], dtype=torch.float64)
+            assert out["stats"][p][m][key].mean == pytest.approx(float(values.mean()))
+            assert out["stats"][p][m][key].sd == pytest.approx(float(values.std()), abs=1e-12)
+    assert len(list(cache.glob("*.pt"))) == 2 * 2 * 2  # 2 networks × 2 estimator seeds × 2 semivalues
+
+    # the script's game is the whole 300-image validation split (removal_curves' game); removals are measured on the
+    # test split: leave-one-out's top 4 switched off with prune_filters gives the reported accuracy
     run = next(r for r in out["runs"] if r["p"] == 0.2)
-    again = module.estimator_results(run, (1, 0))[0]
-    assert torch.equal(again.values, run["result"].values) and again.n_evals == run["result"].n_evals
+    assert len(run["targets"]) == 300
+    loo = next(r for r in out["rows"][0.2] if r["method"] == "leave_one_out")
+    x_test, y_test = run["data"].tensors("test")[:2]
+    pruned = prune_filters(run["model"], run["players"], loo["result"].ranking()[:4])
+    try:
+        with torch.no_grad():
+            accuracy = (run["model"](x_test).argmax(-1) == y_test).double().mean().item()
+    finally:
+        pruned.undo()
+    assert loo["top4"] == pytest.approx(accuracy)
+
+    # the p = 0 network is removal_curves' network bit for bit, so both scripts key its analyses alike
+    base = next(r for r in out["runs"] if r["p"] == 0.0)
+    model, _ = module.common.train_model("digits_cnn", epochs=2, seed=0, channels=(4, 6, 8))
+    x, y = load_digits_tensors("val", val_size=300, seed=0)
+    assert module.network_key(model, x, y, data="digits", train_seed=0, epochs=2) == base["key"]
+    assert "dropout=0.2" in run["key"] and run["key"].split("|")[-1] != base["key"].split("|")[-1]
+
     # the training runs and the report share one W&B group
     records = [inspect_wandb(r["wandb"][0]) for r in out["runs"]] + [inspect_wandb(out["wandb_dir"])]
     groups = {next(rec["run"]["run_group"] for rec in recs if rec.get("type") == "run") for recs in records}
     assert groups == {out["group"]}
     text = (tmp_path / "filter_dropout.md").read_text()
-    assert "| 0 (baseline) |" in text and "| 0.2 |" in text and "top 6 removed" in text and " ± " in text
+    assert "| 0 (baseline) | 2 |" in text and "| 0.2 | 6 |" in text and "top 6 removed" in text and " ± " in text
+    assert "| tmab shapley | tmab banzhaf | tmab shapley, uncertified (callback) | leave_one_out |" in text
+    assert out["verdicts"]["removal"] in text and out["verdicts"]["values"] in text
+    assert out["verdicts"]["removal"].startswith("Verdict:") and "tmab banzhaf:" in out["verdicts"]["values"]
+    # the cost table: one row per semivalue, its analyses' rows, certificates and CPU per rate
+    cost = {row[0]: row[1:] for row in out["cost"]}
+    for m in tmab_names:
+        results = [r["result"] for r in out["rows"][0.0] if r["method"] == m]
+        assert cost[m][0] == module.certified.cost_cell(results) and f"| {m} | {cost[m][0]} |" in text
     assert (tmp_path / "filter_dropout.png").stat().st_size > 5000
-    # re-reading the finished sweep gives the same numbers without training again
+    # re-reading the finished sweep gives the same numbers without training or analysing again
     again = module.main(["--quick", "--out", str(tmp_path / "again"), "--sweep-dir", str(out["sweep_dir"]),
-                         "--no-wandb"])
+                         "--no-wandb", "--cache", str(cache)])
     assert again["stats"] == out["stats"]
+    assert len(list(cache.glob("*.pt"))) == 8
