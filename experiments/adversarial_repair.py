@@ -244,31 +244,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the experiment; returns the per-run curves, their spreads and the report paths (for tests)."""
     args = parse(argv)
     start, cpu_start = time.perf_counter(), time.process_time()
-    networks, runs = [], []
-    for t in args.train_seeds:
-        network, network_runs = one_network(args, t)
-        networks.append(network)
-        runs.extend(network_runs)
+    networks, runs, names, tmab_names, per_run, stats = rm.gather(args, one_network)
 
-    names = rm.methods(args.semivalue_list)
-    tmab_names = names[: len(args.semivalue_list)]
-    per_run = {name: [n["curves"][name] for n in networks] if name in rm.BASELINE_METHODS
-               else [r["curves"][name] for r in runs] for name in names}
-    stats = {name: seeds.spread_rows(curves) for name, curves in per_run.items()}
-
-    shared = {name: rm.agreement([(r["train_seed"], r["culprits"][name]) for r in runs], args.ks)
-              for name in tmab_names}
-    agreement_rows = [[k, *("–" if shared[n][i] != shared[n][i] else f"{shared[n][i]:.2f}" for n in tmab_names)]
-                      for i, k in enumerate(args.ks)]
-    analyses = {name: [r["results"][name] for r in runs] for name in tmab_names}
-    spent = {name: sum(r["cpu"][name] for r in runs) for name in tmab_names}
     baseline_cost = {rm.LOO: f"{networks[0]['loo_evals']} evaluations per network"}
     baseline_cost.update({name: "the game's images per network" for name in rm.BASELINE_METHODS[1:]})
-    for name in baseline_cost:
-        baseline_cost[name] += f", {sum(n['baseline_cpu'][name] for n in networks):.1f} s CPU in all"
-    cost = rm.cost_rows(analyses, spent, baseline_cost)
+    agreement_rows, analyses, cost = rm.culprits_and_costs(args, runs, networks, tmab_names, baseline_cost)
     cpu_total, wall_total = time.process_time() - cpu_start, time.perf_counter() - start
-    n_certified = {name: sum(bool(r.converged) for r in results) for name, results in analyses.items()}
 
     verdicts = [
         rm.verdict(args.ks, stats, names, "transfer", higher=False, measure="Transfer success",
@@ -279,9 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    beside=("transfer", "transfer")),
         rm.verdict(args.ks, stats, names, TRADE_OFF, higher=True, measure="Clean accuracy − transfer success",
                    beside=("transfer", "transfer")),
-        "**Cost**: " + "; ".join(f"{n.removeprefix('tmab ')} {n_certified[n]}/{len(analyses[n])} certified, "
-                                 f"{sum(certified.cpu_seconds(r) for r in analyses[n]):.0f} s CPU" for n in tmab_names)
-        + f"; the script {cpu_total:.0f} s CPU (this process), {wall_total:.0f} s wall.",
+        rm.cost_line(analyses, cpu_total, wall_total),
     ]
     tables = {
         "Transfer attack success on test images by method and k": rm.method_table(args.ks, stats, names, "transfer"),
@@ -319,11 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for m in (*METRICS, TRADE_OFF):
                 summary[f"{key}/{m}_at_{k}"] = stats[name][i][m].mean
                 summary[f"{key}/{m}_at_{k}_sd"] = stats[name][i][m].sd
-    for name in tmab_names:
-        key = rm.slug(name)
-        summary[f"{key}/certified"] = float(n_certified[name])
-        summary[f"{key}/rows_median"] = float(torch.tensor([float(r.n_rows or 0) for r in analyses[name]]).median())
-        summary[f"{key}/cpu_seconds"] = sum(certified.cpu_seconds(r) for r in analyses[name])
+    rm.cost_summary(summary, analyses)
     paths = common.report(NAME, args, start, tables=tables, images={"attack_success_vs_clean": png},
                           summary=summary, header=header)
     return {"ks": args.ks, "names": names, "runs": runs, "networks": networks, "stats": stats, "per_run": per_run,

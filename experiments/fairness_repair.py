@@ -208,18 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the experiment; returns every method's curves and spreads, every run and the report paths (for tests)."""
     args = parse(argv)
     start, cpu_start = time.perf_counter(), time.process_time()
-    networks, runs = [], []
-    for t in args.train_seeds:
-        network, network_runs_ = network_runs(args, t)
-        networks.append(network)
-        runs.extend(network_runs_)
-
-    names = rm.methods(args.semivalue_list)
-    tmab_names = names[: len(args.semivalue_list)]
-    # Per method, the curves that enter its spread: one per run; the deterministic baselines one per network.
-    per_run = {name: [n["curves"][name] for n in networks] if name in rm.BASELINE_METHODS
-               else [r["curves"][name] for r in runs] for name in names}
-    stats = {name: seeds.spread_rows(curves) for name, curves in per_run.items()}
+    networks, runs, names, tmab_names, per_run, stats = rm.gather(args, network_runs)
     best = {name: best_repair(args.ks, stats[name], per_run[name]) for name in names}
 
     best_rows = []
@@ -228,20 +217,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         i = b["index"]
         best_rows.append([name, b["k"], seeds.mark(s[i]["worst"], s[0]["worst"]), format(b["gain"]),
                           format(s[i]["overall"]), format(b["cost"]), format(s[i]["group0"]), format(s[i]["group1"])])
-    shared = {name: rm.agreement([(r["train_seed"], r["culprits"][name]) for r in runs], args.ks)
-              for name in tmab_names}
-    agreement_rows = [[k, *("–" if shared[n][i] != shared[n][i] else f"{shared[n][i]:.2f}" for n in tmab_names)]
-                      for i, k in enumerate(args.ks)]
-    analyses = {name: [r["results"][name] for r in runs] for name in tmab_names}
-    spent = {name: sum(r["cpu"][name] for r in runs) for name in tmab_names}
     baseline_cost = {rm.LOO: f"{networks[0]['loo_evals']} evaluations per network"}
     baseline_cost.update({name: f"{networks[0]['n_worst']} worst-group images per network" for name in names
                           if name in rm.BASELINE_METHODS[1:]})
-    for name in baseline_cost:
-        baseline_cost[name] += f", {sum(n['baseline_cpu'][name] for n in networks):.1f} s CPU in all"
-    cost = rm.cost_rows(analyses, spent, baseline_cost)
+    agreement_rows, analyses, cost = rm.culprits_and_costs(args, runs, networks, tmab_names, baseline_cost)
     cpu_total, wall_total = time.process_time() - cpu_start, time.perf_counter() - start
-    n_certified = {name: sum(bool(r.converged) for r in results) for name, results in analyses.items()}
 
     verdicts = [
         rm.verdict(args.ks, stats, names, "worst", higher=True, measure="Worst-group accuracy",
@@ -249,9 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rm.verdict(args.ks, stats, names, "overall", higher=True, measure="Overall accuracy",
                    beside=("worst", "worst group")),
         best_verdict(names, stats, best),
-        "**Cost**: " + "; ".join(f"{n.removeprefix('tmab ')} {n_certified[n]}/{len(analyses[n])} certified, "
-                                 f"{sum(certified.cpu_seconds(r) for r in analyses[n]):.0f} s CPU" for n in tmab_names)
-        + f"; the script {cpu_total:.0f} s CPU (this process), {wall_total:.0f} s wall.",
+        rm.cost_line(analyses, cpu_total, wall_total),
     ]
     tables = {
         "Worst-group test accuracy (minimum over groups) by method and k": rm.method_table(args.ks, stats, names,
@@ -299,11 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary[f"{key}/worst_group_gain"] = best[name]["gain"].mean
         summary[f"{key}/worst_group_gain_sd"] = best[name]["gain"].sd
         summary[f"{key}/overall_cost"] = best[name]["cost"].mean
-    for name in tmab_names:
-        key = rm.slug(name)
-        summary[f"{key}/certified"] = float(n_certified[name])
-        summary[f"{key}/rows_median"] = float(torch.tensor([float(r.n_rows or 0) for r in analyses[name]]).median())
-        summary[f"{key}/cpu_seconds"] = sum(certified.cpu_seconds(r) for r in analyses[name])
+    rm.cost_summary(summary, analyses)
     paths = common.report(NAME, args, start, tables=tables, images={"worst_group_accuracy_vs_k": png},
                           summary=summary, header=header)
     return {"ks": args.ks, "names": names, "stats": stats, "per_run": per_run, "runs": runs, "networks": networks,

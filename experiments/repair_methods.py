@@ -258,6 +258,53 @@ def cost_rows(
     return rows
 
 
+def gather(args: Any, one_network: Any) -> tuple[list[Any], list[Any], tuple[str, ...], tuple[str, ...], dict, dict]:
+    """Run ``one_network(args, t)`` per training seed; return the networks, the runs, the method names, the tmab
+    names, each method's curves (one per run; the deterministic baselines one per network) and their spreads."""
+    networks, runs = [], []
+    for t in args.train_seeds:
+        network, network_runs = one_network(args, t)
+        networks.append(network)
+        runs.extend(network_runs)
+    names = methods(args.semivalue_list)
+    per_run = {name: [n["curves"][name] for n in networks] if name in BASELINE_METHODS
+               else [r["curves"][name] for r in runs] for name in names}
+    stats = {name: seeds.spread_rows(curves) for name, curves in per_run.items()}
+    return networks, runs, names, names[: len(args.semivalue_list)], per_run, stats
+
+
+def culprits_and_costs(
+    args: Any, runs: Sequence[Mapping[str, Any]], networks: Sequence[Mapping[str, Any]], tmab_names: Sequence[str],
+    baseline_cost: dict[str, str],
+) -> tuple[list[list[Any]], dict[str, list[ShapleyResult]], list[list[Any]]]:
+    """The culprits-shared table (per k, the share of culprits two estimator seeds on one network agree on), each
+    semivalue's analyses, and the cost table (``baseline_cost``: a text per baseline, to which the CPU is added)."""
+    shared = {name: agreement([(r["train_seed"], r["culprits"][name]) for r in runs], args.ks) for name in tmab_names}
+    agreement_rows = [[k, *("–" if shared[n][i] != shared[n][i] else f"{shared[n][i]:.2f}" for n in tmab_names)]
+                      for i, k in enumerate(args.ks)]
+    analyses = {name: [r["results"][name] for r in runs] for name in tmab_names}
+    spent = {name: sum(r["cpu"][name] for r in runs) for name in tmab_names}
+    texts = {name: f"{text}, {sum(n['baseline_cpu'][name] for n in networks):.1f} s CPU in all"
+             for name, text in baseline_cost.items()}
+    return agreement_rows, analyses, cost_rows(analyses, spent, texts)
+
+
+def cost_line(analyses: Mapping[str, Sequence[ShapleyResult]], cpu_total: float, wall_total: float) -> str:
+    """The report's cost verdict: per semivalue how many analyses were certified and their CPU, then the script's."""
+    parts = [f"{n.removeprefix('tmab ')} {sum(bool(r.converged) for r in rs)}/{len(rs)} certified, "
+             f"{sum(certified.cpu_seconds(r) for r in rs):.0f} s CPU" for n, rs in analyses.items()]
+    return f"**Cost**: {'; '.join(parts)}; the script {cpu_total:.0f} s CPU (this process), {wall_total:.0f} s wall."
+
+
+def cost_summary(summary: dict[str, float], analyses: Mapping[str, Sequence[ShapleyResult]]) -> None:
+    """Add each semivalue's certified count, median rows and CPU seconds to a W&B summary."""
+    for name, results in analyses.items():
+        key = slug(name)
+        summary[f"{key}/certified"] = float(sum(bool(r.converged) for r in results))
+        summary[f"{key}/rows_median"] = float(torch.tensor([float(r.n_rows or 0) for r in results]).median())
+        summary[f"{key}/cpu_seconds"] = sum(certified.cpu_seconds(r) for r in results)
+
+
 COST_COLUMNS = ["method", "analyses", "median rows, certified, CPU when computed", "median wall s",
                 "CPU s in this run"]
 
@@ -269,8 +316,12 @@ __all__ = [
     "RANDOM",
     "agreement",
     "best_index",
+    "cost_line",
     "cost_rows",
+    "cost_summary",
+    "culprits_and_costs",
     "fingerprint",
+    "gather",
     "line_style",
     "method_table",
     "methods",

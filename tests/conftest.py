@@ -13,6 +13,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from nsl.data import DigitsDataModule, load_digits_tensors
@@ -100,3 +104,16 @@ TINY_TRAIN = [
     "callbacks.neuron_shapley.curve_steps=3",
     "model.net.channels=[4,6,8]",
 ]
+
+
+def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """The ``nsl-train`` config with ``overrides``, writing under ``tmp_path``, with Hydra's runtime config set as
+    the app would have it (so ``train(cfg)`` runs as ``nsl-train`` does)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module("nsl.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    return cfg

@@ -9,16 +9,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
 
-from conftest import TINY_TRAIN, quiet_trainer
+from conftest import TINY_TRAIN, compose_train, quiet_trainer
 from nsl import NeuronShapley, ShapleyRepair, ShapleyResult
 from nsl.data import DigitsDataModule
 from nsl.models import Classifier, SmallCNN
@@ -32,16 +28,6 @@ APP = [*TINY_TRAIN, "trainer.max_epochs=2", "data=digits", "game=accuracy", "rep
        "callbacks.neuron_shapley.removal_curve=false", "callbacks.model_checkpoint=null"]
 
 
-def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    """The ``nsl-train`` config with ``overrides``, writing under ``tmp_path`` (as tests/test_train.py does)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module("nsl.conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.hydra.runtime.output_dir = str(tmp_path)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def untrained() -> Classifier:

@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
 
 import nsl
-from conftest import TINY_TRAIN, inspect_wandb
+from conftest import TINY_TRAIN, compose_train, inspect_wandb
 from nsl.report import RemovalCurve
 from nsl.train import train
 
@@ -29,15 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_TRAIN
 
 
-def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_module("nsl.conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.hydra.runtime.output_dir = str(tmp_path)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def test_default_config_composes_the_documented_run(tmp_path: Path) -> None:
