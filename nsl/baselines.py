@@ -54,6 +54,7 @@ from nsl.games.base import Game, check_game, model_device
 from nsl.players import FilterPlayers, PlayerLayer, preserve_mode
 from nsl.registry import Registry
 from nsl.shapley import ShapleyResult
+from nsl.shapley.exact import leave_one_out_values
 from nsl.validation import check_choice, check_int
 
 IG_OUTPUTS = ("prob", "logit", "log_prob")
@@ -275,12 +276,8 @@ def taylor(
 
 def game_leave_one_out(game: Game, batch_size: int | None = None) -> Tensor:
     """v(N) − v(N∖{i}) for each player i of any game, in N + 1 coalitions evaluated in batched calls."""
-    n = check_game(game)
-    present = torch.ones(n + 1, n, dtype=torch.bool)
-    present[1:] &= ~torch.eye(n, dtype=torch.bool)
-    step = batch_size or (n + 1)
-    values = torch.cat([game(present[s : s + step]).double().cpu() for s in range(0, n + 1, step)])
-    return values[0] - values[1:]
+    check_game(game)
+    return leave_one_out_values(game, batch_size)[0]
 
 
 def leave_one_out(

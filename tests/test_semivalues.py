@@ -179,3 +179,22 @@ def test_small_calibration_of_the_other_semivalues(tmp_path):
     assert {r[0] for r in rows} == {"banzhaf", "beta(1,4)", "beta(1,16)"}
     assert sum(r[7] for r in rows) >= 6  # most runs certify
     assert sum(r[8] for r in rows) == 0  # and none is wrong against the exact values
+
+
+def test_leave_one_out_is_the_full_coalition_semivalue_and_exact_in_n_plus_1_evaluations():
+    game = CollapseGame([3, 4, 5], [1.0, 0.6, 0.3], threshold=1.2, dividends={(0, 1): 0.1, (2,): 0.05}, seed=1)
+    everyone = torch.ones(1, game.n_players, dtype=torch.bool)
+    by_hand = torch.tensor([float(game(everyone)) - float(game(everyone & (torch.arange(12) != i))) for i in range(12)],
+                           dtype=torch.float64)
+    assert torch.allclose(exact(game, semivalue="leave_one_out").values, by_hand, atol=1e-12)
+    assert torch.allclose(game.semivalue("leave_one_out"), by_hand, atol=1e-12)
+    examples = network_examples_game(12, 6, "voting", seed=0)
+    assert torch.allclose(examples.semivalue("leave_one_out"), exact(examples, semivalue="leave_one_out").values)
+    before = game.n_evals
+    result = tmab(game, 3, semivalue="leave_one_out")
+    assert game.n_evals - before == 13 and result.n_evals == 13
+    assert result.converged and result.semivalue == "leave_one_out" and torch.allclose(result.values, by_hand)
+    assert "leave-one-out" in result.guarantee and result.n_ranked == 12
+    # the limit of Beta(1, β) as β grows
+    far = parse_semivalue("beta(1,100000)").position_weights(12)
+    assert float(far[0]) > 0.999 and parse_semivalue("leave_one_out").position_weights(12)[0].item() == 1.0

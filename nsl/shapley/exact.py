@@ -49,6 +49,17 @@ def shapley_from_values(values: Tensor, semivalue: str | Semivalue = "shapley") 
     return phi
 
 
+def leave_one_out_values(game: Game, batch_size: int | None = None) -> tuple[Tensor, float]:
+    """``v(N) − v(N ∖ i)`` for each player of any game and v(N), from N + 1 coalitions in batched calls."""
+    n = game.n_players
+    present = torch.ones(n + 1, n, dtype=torch.bool)
+    present[1:] &= ~torch.eye(n, dtype=torch.bool)
+    step = batch_size or (n + 1)
+    values = torch.cat([torch.as_tensor(game(present[s : s + step])).double().reshape(-1).cpu()
+                        for s in range(0, n + 1, step)])
+    return values[0] - values[1:], float(values[0])
+
+
 @ESTIMATORS.register("exact")
 def exact(
     game: Game,

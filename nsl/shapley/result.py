@@ -206,6 +206,8 @@ class ShapleyResult:
     @property
     def guarantee(self) -> str:
         """One sentence saying what ``converged`` promises for this result."""
+        if self.method == "exact" and self.semivalue == "leave_one_out":
+            return "exact leave-one-out values: v(N) and every v(N ∖ i) were evaluated."
         if self.method == "exact":
             return "exact values: every coalition was evaluated."
         if not self.converged or self.epsilon_value is None or self.delta is None:

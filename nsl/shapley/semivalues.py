@@ -9,7 +9,9 @@ probability t, and t has a distribution:
 - ``"banzhaf"``: t = 1/2, so ω(s) = C(N−1, s)/2^(N−1): sizes near N/2 (Wang & Jia 2023: the most robust to noise);
 - ``"beta(α,β)"`` (Kwon & Zou 2022): t ~ Beta(β, α); α > β weighs small coalitions, β > α large ones, near the
   full model, where a repair that removes a few filters acts. ``beta(1,1)`` is Shapley; ``beta(1,16)`` puts a mean
-  of 1/17 of the other filters out, and leave-one-out (every other filter present) is the limit β → ∞.
+  of 1/17 of the other filters out;
+- ``"leave_one_out"``: t = 1, all the weight on the full coalition: ``v(N) − v(N ∖ i)``, the limit of Beta as β → ∞.
+  It needs no sampling: ``tmab`` computes it exactly in N + 1 evaluations.
 
 Because the inclusions are independent given t, a semivalue restricted to the players that matter to a term of a
 game is the same semivalue on fewer players: the exact values of :mod:`nsl.games.synthetic` need only
@@ -28,8 +30,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-KINDS = ("shapley", "banzhaf", "beta")
-ACCEPTED = "'shapley', 'banzhaf' or 'beta(α,β)' with α, β > 0 (e.g. 'beta(1,4)': weighted toward the full model)"
+KINDS = ("shapley", "banzhaf", "beta", "leave_one_out")
+ACCEPTED = ("'shapley', 'banzhaf', 'beta(α,β)' with α, β > 0 (e.g. 'beta(1,4)': weighted toward the full model) or "
+            "'leave_one_out'")
 _BETA = re.compile(r"^beta\(\s*([0-9.eE+-]+)\s*,\s*([0-9.eE+-]+)\s*\)$")
 
 
@@ -59,6 +62,8 @@ class Semivalue:
         """log E[t^a (1 − t)^b]: the chance that a given a others are in the coalition and b given others are not."""
         a_t = torch.as_tensor(a, dtype=torch.float64)
         b_t = torch.as_tensor(b, dtype=torch.float64)
+        if self.kind == "leave_one_out":  # t = 1: everyone else is present
+            return torch.where(b_t == 0, 0.0, -math.inf) + 0 * a_t
         if self.kind == "banzhaf":
             return -(a_t + b_t) * math.log(2)
         alpha, beta = (1.0, 1.0) if self.kind == "shapley" else (self.alpha, self.beta)
@@ -116,7 +121,7 @@ def parse_semivalue(spec: str | Semivalue | None) -> Semivalue:
     if not isinstance(spec, str):
         raise ValueError(f"semivalue={spec!r} is not accepted; use {ACCEPTED}.")
     text = spec.strip().lower().replace(" ", "")
-    if text in ("shapley", "banzhaf"):
+    if text in ("shapley", "banzhaf", "leave_one_out"):
         return Semivalue(text)
     match = _BETA.match(text)
     if match:
@@ -131,4 +136,6 @@ def parse_semivalue(spec: str | Semivalue | None) -> Semivalue:
     raise ValueError(f"semivalue={spec!r} is not accepted; use {ACCEPTED}.")
 
 
-__all__ = ["BANZHAF", "KINDS", "SHAPLEY", "Semivalue", "parse_semivalue"]
+LEAVE_ONE_OUT = Semivalue("leave_one_out")
+
+__all__ = ["BANZHAF", "KINDS", "LEAVE_ONE_OUT", "SHAPLEY", "Semivalue", "parse_semivalue"]

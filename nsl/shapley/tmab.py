@@ -21,12 +21,14 @@ original rule neither converges on real networks nor, once made to converge, kee
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from nsl.games.base import Game
+from nsl.games.counting import CountingGame
 from nsl.shapley._common import check_positive_int, check_tail, player_names
 from nsl.shapley.bounds import (
     BOUNDS,
@@ -38,6 +40,7 @@ from nsl.shapley.bounds import (
     top_k_certificate,
 )
 from nsl.shapley.distributed import Collective, check_same
+from nsl.shapley.exact import leave_one_out_values
 from nsl.shapley.positions import PositionSampler
 from nsl.shapley.registry import ESTIMATORS
 from nsl.shapley.result import ShapleyResult
@@ -129,6 +132,33 @@ def pair_bounds(
     return lower
 
 
+def exact_leave_one_out(
+    game: Game, top_k: int | None = None, *, tail: str = "top", names: list[str] | None = None
+) -> ShapleyResult:
+    """Leave-one-out values ``v(N) − v(N ∖ i)``, exact in N + 1 evaluations: the semivalue with all its weight on
+    the full coalition, so no sampling and no interval (``converged=True``, standard errors 0)."""
+    counted = CountingGame(game)
+    n = counted.n_players
+    k = resolve_top_k(top_k, n)
+    start = time.perf_counter()
+    values, full = leave_one_out_values(counted)
+    return ShapleyResult(
+        values=values,
+        stderr=torch.zeros(n, dtype=torch.float64),
+        counts=torch.ones(n, dtype=torch.int64),
+        n_evals=counted.n_evals,
+        n_rows=counted.n_evals * int(getattr(game, "rows_per_eval", 1) or 1),
+        converged=True,
+        k=k,
+        names=player_names(game, names),
+        method="exact",
+        seconds=time.perf_counter() - start,
+        tail=tail,
+        full_value=full,
+        semivalue="leave_one_out",
+    )
+
+
 @ESTIMATORS.register("tmab")
 def tmab(
     game: Game,
@@ -218,6 +248,7 @@ def tmab(
             (:mod:`nsl.shapley.semivalues`; ``beta(1,4)`` and ``beta(1,16)`` weigh coalitions near the full model,
             where a repair acts). The same certificate holds for the chosen semivalue; it needs
             ``sampler="positions"``. Only Shapley values sum to v(N) − v(∅), so the efficiency check is Shapley's alone.
+            ``"leave_one_out"`` (all weight on the full coalition) is computed exactly in N + 1 evaluations instead.
         epsilon: the old name of ``epsilon_fraction`` (same meaning, a fraction; warns). Renamed so that the
             fraction in and the value-unit tolerance out (``result.epsilon_value``) cannot be mixed up.
 
@@ -261,6 +292,8 @@ def tmab(
         raise ValueError(f"prior_samples={prior_samples!r} is not accepted; use a number ≥ 0.")
     if value_range is not None and not (isinstance(value_range, (int, float)) and value_range > 0):
         raise ValueError(f"value_range={value_range!r} is not accepted; use None or a number > 0.")
+    if value.kind == "leave_one_out":
+        return exact_leave_one_out(game, top_k, tail=tail, names=names)
     budget = Budget(rows_budget(game, max_rows, max_evals), max_seconds)
     common = {"batch_size": batch_size, "seed": seed, "resume": resume, "collective": collective}
     engine: Sampler
