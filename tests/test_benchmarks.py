@@ -75,10 +75,11 @@ def test_calibration_plan_runs_each_job_once():
     assert len(unique) == 3 * 2 * 2 + 5 + 6 - 1 == len(set(unique))
     for shape in calibration.EXAMPLE_SHAPES:
         on = jobs[("floor", str((shape, 30, "on (default)")))]
-        assert on == jobs[("calibration", str(("examples", shape, 30, 20)))]  # the default runs, not new ones
+        # the default runs, not new ones
+        assert on == jobs[("calibration", str(("examples", shape, 30, 20, "shapley")))]
         off = jobs[("floor", str((shape, 30, "off")))]
         assert [j[:5] for j in off] == [j[:5] for j in on] and all(dict(j[5]) == calibration.NO_FLOOR for j in off)
-    assert jobs[("ablation", "defaults")] == jobs[("calibration", str(("full-set", "rare", 40, 1)))]
+    assert jobs[("ablation", "defaults")] == jobs[("calibration", str(("full-set", "rare", 40, 1, "shapley")))]
 
 
 @pytest.mark.slow

@@ -155,8 +155,8 @@ def test_resume_from_checkpoint_keeps_statistics(tmp_path: Path) -> None:
 def test_fairness_game_uses_datamodule_groups_and_prune_repair(tmp_path: Path) -> None:
     cb = NeuronShapley(games=["accuracy", "fairness"], **FAST)
     # The self-check is switched off: this test is about pruning what the fairness data's analysis found.
-    repair = ShapleyRepair("prune", game="accuracy", k=3, only_signed=False, min_improvement=None,
-                           max_accuracy_drop=None)
+    repair = ShapleyRepair("prune", game="accuracy", semivalue="shapley", k=3, only_signed=False,
+                           min_improvement=None, max_accuracy_drop=None)
     model = fit(tmp_path, [repair, cb], epochs=2, datamodule=FairDigitsDataModule())  # order does not matter
     assert "fairness" in cb.results and repair.outcome == "kept"
     rows = {r["metric"]: r for r in repair.report}

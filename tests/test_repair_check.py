@@ -86,7 +86,7 @@ def test_repair_that_improves_its_target_is_kept_saved_logged_and_undone(
     model, _, pre = repair_fit(tmp_path, trained_state, repair, logger=logger)
     accuracy = rows(repair)["accuracy"]
     assert accuracy["after"] > accuracy["before"]  # the held-out numbers the decision rests on
-    assert repair.description == f"pruned 1 culprits of accuracy: {[PLANTED]}"
+    assert repair.description == f"pruned 1 culprits of accuracy (leave_one_out values): {[PLANTED]}"
     assert repair.outcome == "kept"
     assert repair.reason.startswith(f"accuracy improved {accuracy['before']:.4f} -> {accuracy['after']:.4f}")
     # Kept: the model is the pruned one, and the weights file holds exactly it.
@@ -182,7 +182,8 @@ def test_physical_removal_shrinks_the_model_tests_and_undoes_to_the_original_sha
     assert n_after < n_before
     widths = [model.net.features[i].out_channels for i in (0, 3, 7)]
     assert widths == [4, 6, 7]
-    assert repair.description.startswith(f"physically removed 1 culprits of accuracy: {[PLANTED]}")
+    expected = f"physically removed 1 culprits of accuracy (leave_one_out values): {[PLANTED]}"
+    assert repair.description.startswith(expected)
     # The smaller model still runs through Lightning, and gives the accuracy the check measured.
     (metrics,) = trainer.test(model, DigitsDataModule(batch_size=64), verbose=False)
     assert metrics["test/acc"] == pytest.approx(rows(repair)["accuracy"]["after"], abs=1e-6)
@@ -204,10 +205,12 @@ def test_refused_physical_removal_leaves_the_model_and_says_why(tmp_path: Path, 
     pre = PreRepair()
     trainer = quiet_trainer(1, limit_train_batches=1, limit_val_batches=1, default_root_dir=tmp_path, callbacks=[
         NeuronShapley("accuracy", layers="net.features.0", top_k=3, **FAST), pre, repair])
-    with pytest.warns(UserWarning, match="physical removal of 4 culprits of accuracy refused: cannot physically"):
+    REFUSED = r"physical removal of 4 culprits of accuracy \(leave_one_out values\) refused: cannot physically"
+    with pytest.warns(UserWarning, match=REFUSED):
         trainer.fit(model, DigitsDataModule(batch_size=64))
     assert repair.outcome == "unchanged"  # nothing was changed, so nothing was rolled back
-    assert repair.reason.startswith("nothing to repair: physical removal of 4 culprits of accuracy refused")
+    assert repair.reason.startswith(
+        "nothing to repair: physical removal of 4 culprits of accuracy (leave_one_out values) refused")
     assert_state(model, pre.state)
 
 

@@ -54,7 +54,7 @@ def fails_before_training(tmp_path: Path, callbacks: list, match: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"semivalue": "banzaf"}, r"semivalue='banzaf' is not accepted; use 'shapley', 'banzhaf' or 'beta"),
+        ({"semivalue": "banzaf"}, r"semivalue='banzaf' is not accepted; use 'shapley', 'banzhaf', 'beta"),
         ({"semivalue": "beta(0,4)"}, r"semivalue='beta\(0,4\)' is not accepted"),
         ({"games": [{"kind": "accuracy", "semivalue": "owen"}]}, r"game 'accuracy': semivalue='owen' is not accepted"),
     ],
@@ -125,7 +125,8 @@ def test_multirun_over_semivalues_composes(tmp_path: Path) -> None:
         repair = instantiate(cfg.callbacks.shapley_repair)
         assert shapley.estimator == "tmab" and [s.semivalue for s in shapley.specs] == [None] * 4
         seen.add((shapley.semivalue, repair.semivalue))
-    assert seen == {(s, r) for s in ("shapley", "banzhaf", "beta(1,16)") for r in (None, "banzhaf")}
+    # null: the prune method's default, exact leave-one-out
+    assert seen == {(s, r) for s in ("shapley", "banzhaf", "beta(1,16)") for r in ("leave_one_out", "banzhaf")}
     # The per-game spelling: one game of game=all gets its own semivalue, the others keep game.semivalue.
     cfg = compose_train(tmp_path, ["game.semivalue=banzhaf", "callbacks.neuron_shapley.games.1.semivalue='beta(1,4)'"])
     shapley = instantiate(cfg.callbacks.neuron_shapley)
@@ -137,7 +138,8 @@ def test_repair_game_semivalue_and_k_live_in_one_place(tmp_path: Path) -> None:
     target = compose_train(tmp_path, ["repair=prune"]).callbacks.shapley_repair
     repair = ShapleyRepair("prune")
     assert (target.game, target.semivalue, target.k) == (repair.game, repair.semivalue, PruneCulprits().k)
-    assert (target.game, target.semivalue, target.k) == (None, None, 5)  # today's defaults
+    # the defaults the evidence chose over seeds (docs/semivalues.md): exact leave-one-out, one filter
+    assert (target.game, target.semivalue, target.k) == (None, "leave_one_out", 1)
 
 
 def test_repair_on_another_semivalue_plays_it_for_the_pruning(tmp_path: Path) -> None:

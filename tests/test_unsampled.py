@@ -225,7 +225,8 @@ def test_a_tiny_budget_is_reported_as_no_ranking_everywhere_and_the_repair_cuts_
     monkeypatch.setenv("WANDB_SILENT", "true")
     logger = WandbLogger(project="nsl-test", save_dir=str(tmp_path), offline=True)
     shapley = NeuronShapley("accuracy", layers=LAYERS, eval_size=16, max_evals=4, seed=0)
-    repair = ShapleyRepair("prune", k=5, only_signed=False, physical=True, heldout_size=32)
+    # on the analysis' own (Shapley) values, which cannot rank anything yet
+    repair = ShapleyRepair("prune", semivalue="shapley", k=5, only_signed=False, physical=True, heldout_size=32)
     pre = PreRepair()
     L.seed_everything(0, verbose=False)
     model = ResNetModule()

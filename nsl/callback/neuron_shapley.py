@@ -39,6 +39,7 @@ from nsl.report import (
     write_csv,
 )
 from nsl.shapley import ESTIMATORS, LightningCollective, ShapleyResult, discounted
+from nsl.shapley.tmab import exact_leave_one_out
 from nsl.validation import check_bool, check_choice, check_int, check_number, resolve_top_k
 
 MAX_INTERACTIONS = 12
@@ -347,7 +348,7 @@ class NeuronShapley(Callback):
         """Fail before any work when this callback's estimator cannot estimate ``semivalue`` (asked for by
         ``where``, e.g. ``"semivalue"`` or ``"ShapleyRepair semivalue"``): only an estimator that takes a
         ``semivalue`` keyword estimates anything but Shapley values."""
-        if semivalue == "shapley":
+        if semivalue in ("shapley", "leave_one_out"):  # leave-one-out is computed exactly, by any estimator's callback
             return
         estimator = ESTIMATORS[self.estimator]
         if not _takes_semivalue(estimator):
@@ -758,6 +759,8 @@ class NeuronShapley(Callback):
         """One estimator run on ``game`` for ``semivalue``'s values, with the callback's budget (``max_seconds``:
         the estimate's share of the game's seconds), seed and the game's own tail; with a ``weight`` it resumes from
         the previous result stored under ``name``, its statistics discounted to that share of its samples."""
+        if semivalue == "leave_one_out":  # exact in N + 1 evaluations, whatever the estimator: nothing to sample
+            return exact_leave_one_out(game, top_k, tail=spec.tail, names=players.names)
         previous = self.results.get(name) if weight is not None else None
         if previous is not None and weight is not None and weight < 1:
             previous = discounted(previous, weight)

@@ -103,10 +103,12 @@ class ShapleyRepair(Callback):
         method: a registered repair method name, or a :class:`~nsl.repair.RepairMethod` instance.
         game: whose values to use; ``None``: the first game that measures a defect (fairness, adversarial)
             for ``prune``, the first performance game (accuracy) for ``guided_dropout``, else the first game.
-        semivalue: which values of that game to act on: ``None``, the semivalue the analysis estimates for it;
-            ``"shapley"``, ``"banzhaf"`` or ``"beta(α,β)"`` otherwise. A semivalue other than the analysis' own is
-            played once more for the repair (``prune``: when training ends; ``guided_dropout``: when its epochs
-            start), with the analysis' budget, and saved and logged beside it as ``<game>_<semivalue>``.
+        semivalue: which values of that game to act on: ``None``, the method's default (``prune``: the exact
+            ``"leave_one_out"`` values, which repaired best over seeds; ``guided_dropout``: the semivalue the analysis
+            estimates); ``"shapley"``, ``"banzhaf"``, ``"beta(α,β)"`` or ``"leave_one_out"`` otherwise. A semivalue
+            other than the analysis' own is played once more for the repair (``prune``: when training ends;
+            ``guided_dropout``: when its epochs start), with the analysis' budget (leave-one-out: exactly, in N + 1
+            evaluations), and saved and logged beside it as ``<game>_<semivalue>``.
         apply: keep the repair if it passes the check (False: report it, then restore the weights from before).
         min_improvement: the target must improve by more than this (in the game's units, toward better);
             0.0: strictly better. ``None``: do not check the target.
@@ -118,7 +120,7 @@ class ShapleyRepair(Callback):
         shapley: the analysis to read; ``None``: the one ``NeuronShapley`` among the trainer's callbacks.
         min_samples: the fewest marginal samples behind a filter's value for the repair to act on that filter
             (at least 2, what a standard error needs; the result's ``min_rank_samples`` if that is higher).
-        **options: the method's options, e.g. ``k=5, physical=True`` for ``prune``, ``p=0.1, epochs=2`` for
+        **options: the method's options, e.g. ``k=3, physical=True`` for ``prune``, ``p=0.1, epochs=2`` for
             ``guided_dropout``.
 
     Example::
@@ -134,7 +136,7 @@ class ShapleyRepair(Callback):
         ...                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         >>> trainer.fit(Classifier(SmallCNN(channels=(4, 6, 8))), DigitsDataModule())  # logs the report table
         >>> repair.description  # doctest: +ELLIPSIS
-        "pruned 2 culprits of accuracy: ['net.features...', 'net.features...']"
+        "pruned 2 culprits of accuracy (leave_one_out values): ['net.features...', 'net.features...']"
         >>> [row["metric"] for row in repair.report]
         ['accuracy']
         >>> repair.outcome in ("kept", "rolled back"), repair.reason != ""
@@ -167,7 +169,9 @@ class ShapleyRepair(Callback):
                 raise ValueError(f"repair {method!r}: {err}; its options are {fields}.") from None
         if game is not None and (not isinstance(game, str) or not game):
             raise ValueError(f"game={game!r} is not accepted; use a game name of the NeuronShapley, or None.")
-        self.semivalue = None if semivalue is None else semivalue_name(semivalue, "ShapleyRepair")
+        # None: the method's default (prune: exact leave-one-out; guided dropout: the analysis' own values).
+        chosen = semivalue if semivalue is not None else self.method.default_semivalue
+        self.semivalue = None if chosen is None else semivalue_name(chosen, "ShapleyRepair")
         check_bool("apply", apply)
         check_number("min_improvement", min_improvement, optional=True)
         check_number("max_accuracy_drop", max_accuracy_drop, low=0, high=1, optional=True)
