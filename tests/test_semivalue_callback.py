@@ -157,3 +157,17 @@ def test_repair_on_another_semivalue_plays_it_for_the_pruning(tmp_path: Path) ->
     assert repair.outcome == "kept"
     assert repair.description == f"pruned 2 culprits of accuracy (banzhaf values): {culprits}"
     assert "(banzhaf values)" in (tmp_path / "neuron_shapley" / "repair.md").read_text()
+
+
+def test_leave_one_out_is_exact_whatever_the_estimator(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # monte_carlo takes no `semivalue`, but leave-one-out needs no estimator: N + 1 evaluations, exact values.
+    shapley = NeuronShapley("accuracy", estimator="monte_carlo", semivalue="leave_one_out",
+                            **{**FAST, "verbose": True})
+    with caplog.at_level(logging.INFO):
+        fit(tmp_path, [shapley])
+    result = shapley.results["accuracy"]
+    n = result.n_players
+    assert result.semivalue == "leave_one_out" and result.method == "exact" and result.n_evals == n + 1
+    assert result.converged and result.n_ranked == n
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("[NeuronShapley] accuracy @"))
+    assert "exact (leave_one_out values) converged=True" in line

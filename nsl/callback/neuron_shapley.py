@@ -930,8 +930,9 @@ class NeuronShapley(Callback):
             )
             accumulated = "" if weight is None else f"; accumulated: resumed from the previous run at weight {weight:g}"
             values = "" if semivalue == "shapley" else f" ({semivalue} values)"
+            how = "exact" if semivalue == "leave_one_out" else self.estimator  # computed exactly, not estimated
             rank_zero_info(
-                f"[NeuronShapley] {name}{picked} @ epoch {trainer.current_epoch}: {self.estimator}{values} "
+                f"[NeuronShapley] {name}{picked} @ epoch {trainer.current_epoch}: {how}{values} "
                 f"converged={result.converged}, {result.n_evals} evaluations, {result.seconds:.1f} s, "
                 f"value {_number(result.full_value)}; {top}{accumulated}; saved to {out / (name + '.pt')}"
             )
