@@ -193,22 +193,11 @@ def one_network(args: argparse.Namespace, t: int) -> tuple[dict[str, Any], list[
                "v_full": v_full, "v_empty": v_empty, "key": key}
     runs = []
     for e in args.estimator_seeds:
-        run_curves = dict(curves)
-        results, spent, culprits = {}, {}, {}
-        for sv in args.semivalue_list:
-            method = certified.method_name(sv)
-            clock = time.process_time()
-            results[method] = certified.certified(game, semivalue=sv, seed=e, top_k=args.top_k, tail="top",
-                                                  max_rows=args.max_rows, cache=args.cache, key=key)
-            spent[method] = time.process_time() - clock
-            culprits[method] = results[method].culprits(k_max)
-            if len(culprits[method]) < k_max:
-                print(f"  warning: {method} ranks only {len(culprits[method])} filters (k up to {k_max})")
-            run_curves[method] = common.removal_rows(model, players, culprits[method], args.ks, measure)
-            r, last = results[method], run_curves[method][-1]
-            print(f"  estimator seed {e}, {method}: {r.n_rows or 0:,} rows, certified={r.converged}, "
-                  f"{certified.cpu_seconds(r):.0f} s CPU; k={k_max}: transfer {last['transfer']:.3f}, "
-                  f"clean {last['clean']:.3f}")
+        results, spent, culprits, semivalue_curves = rm.semivalue_runs(
+            args, game, key, e, tail="top", negative=False, k_max=k_max, model=model, players=players,
+            measure=measure, describe=lambda c: f"k={k_max}: transfer {c[-1]['transfer']:.3f}, clean "
+                                               f"{c[-1]['clean']:.3f}")
+        run_curves = {**curves, **semivalue_curves}
         randoms = common.random_orders(len(players), args.n_random, 1000 * t + e)
         run_curves[rm.RANDOM] = common.mean_rows(
             [common.removal_rows(model, players, o, args.ks, measure) for o in randoms])

@@ -130,22 +130,11 @@ def network_runs(args: argparse.Namespace, train_seed: int) -> tuple[dict[str, A
                "n_val": len(y_val), "n_worst": int(worst.sum()), "test_groups": test[2], "key": key}
     runs = []
     for e in args.estimator_seeds:
-        run_curves = dict(curves)
-        results, spent, culprits = {}, {}, {}
-        for sv in args.semivalue_list:
-            method = certified.method_name(sv)
-            clock = time.process_time()
-            results[method] = certified.certified(game, semivalue=sv, seed=e, top_k=args.top_k, tail="bottom",
-                                                  max_rows=args.max_rows, cache=args.cache, key=key)
-            spent[method] = time.process_time() - clock
-            culprits[method] = results[method].culprits(k_max, negative=True)
-            if len(culprits[method]) < k_max:
-                print(f"  warning: {method} ranks only {len(culprits[method])} filters (k up to {k_max})")
-            run_curves[method] = common.removal_rows(model, players, culprits[method], args.ks, measure)
-            r = results[method]
-            print(f"  estimator seed {e}, {method}: {r.n_rows or 0:,} rows, certified={r.converged}, "
-                  f"{certified.cpu_seconds(r):.0f} s CPU; worst group k=0 {run_curves[method][0]['worst']:.3f}, "
-                  f"best {max(row['worst'] for row in run_curves[method]):.3f}")
+        results, spent, culprits, semivalue_curves = rm.semivalue_runs(
+            args, game, key, e, tail="bottom", negative=True, k_max=k_max, model=model, players=players,
+            measure=measure, describe=lambda c: f"worst group k=0 {c[0]['worst']:.3f}, best "
+                                               f"{max(row['worst'] for row in c):.3f}")
+        run_curves = {**curves, **semivalue_curves}
         randoms = common.random_orders(len(players), args.n_random, e + 1)
         run_curves[rm.RANDOM] = common.mean_rows(
             [common.removal_rows(model, players, o, args.ks, measure) for o in randoms])

@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import re
 import statistics
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ import matplotlib
 import torch
 from torch import Tensor, nn
 
-from experiments import certified, seeds
+from experiments import certified, common, seeds
 from nsl import FilterPlayers
 from nsl.baselines import baseline_scores
 from nsl.players import preserve_mode
@@ -289,6 +290,30 @@ def culprits_and_costs(
     return agreement_rows, analyses, cost_rows(analyses, spent, texts)
 
 
+def semivalue_runs(
+    args: Any, game: Any, key: str, seed: int, *, tail: str, negative: bool, k_max: int, model: nn.Module,
+    players: FilterPlayers, measure: Any, describe: Any,
+) -> tuple[dict[str, ShapleyResult], dict[str, float], dict[str, Tensor], dict[str, list[dict[str, float]]]]:
+    """One estimator seed's certified analysis per ``--semivalues`` entry, its k_max culprits (``negative``: the
+    most negative) and the measures after removing them (:func:`experiments.common.removal_rows`); prints one line
+    per semivalue ending with ``describe(curve)``. Returns results, CPU seconds, culprits and curves by method."""
+    results, spent, culprits, curves = {}, {}, {}, {}
+    for sv in args.semivalue_list:
+        method = certified.method_name(sv)
+        clock = time.process_time()
+        results[method] = certified.certified(game, semivalue=sv, seed=seed, top_k=args.top_k, tail=tail,
+                                              max_rows=args.max_rows, cache=args.cache, key=key)
+        spent[method] = time.process_time() - clock
+        culprits[method] = results[method].culprits(k_max, negative=negative)
+        if len(culprits[method]) < k_max:
+            print(f"  warning: {method} ranks only {len(culprits[method])} filters (k up to {k_max})")
+        curves[method] = common.removal_rows(model, players, culprits[method], args.ks, measure)
+        r = results[method]
+        print(f"  estimator seed {seed}, {method}: {r.n_rows or 0:,} rows, certified={r.converged}, "
+              f"{certified.cpu_seconds(r):.0f} s CPU; {describe(curves[method])}")
+    return results, spent, culprits, curves
+
+
 def cost_line(analyses: Mapping[str, Sequence[ShapleyResult]], cpu_total: float, wall_total: float) -> str:
     """The report's cost verdict: per semivalue how many analyses were certified and their CPU, then the script's."""
     parts = [f"{n.removeprefix('tmab ')} {sum(bool(r.converged) for r in rs)}/{len(rs)} certified, "
@@ -326,6 +351,7 @@ __all__ = [
     "method_table",
     "methods",
     "objective_scores",
+    "semivalue_runs",
     "signed_taylor",
     "slug",
     "verdict",

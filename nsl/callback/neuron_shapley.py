@@ -39,6 +39,7 @@ from nsl.report import (
     write_csv,
 )
 from nsl.shapley import ESTIMATORS, LightningCollective, ShapleyResult, discounted
+from nsl.shapley.semivalues import values_suffix
 from nsl.shapley.tmab import exact_leave_one_out
 from nsl.validation import check_bool, check_choice, check_int, check_number, resolve_top_k
 
@@ -789,7 +790,7 @@ class NeuronShapley(Callback):
         if batch is not None and "batch_size" not in self.estimator_kwargs:
             common["batch_size"] = batch
         result = estimator(game, **_accepted(estimator, common), **self.estimator_kwargs)
-        if getattr(result, "semivalue", "shapley") != semivalue:  # e.g. an estimator that swallows **kwargs
+        if result.semivalue != semivalue:  # e.g. an estimator that swallows **kwargs
             raise RuntimeError(
                 f"estimator {self.estimator!r} returned {result.semivalue!r} values of game {name!r} where "
                 f"semivalue={semivalue!r} was asked for."
@@ -819,7 +820,7 @@ class NeuronShapley(Callback):
         previous = self.results.get(name)
         if previous is None or previous.stats is None or previous.n_players != n_players:
             return None
-        if getattr(previous, "semivalue", "shapley") != semivalue:
+        if previous.semivalue != semivalue:
             return None
         return ACCUMULATE_WEIGHT if self.accumulate is True else float(self.accumulate)
 
@@ -881,7 +882,7 @@ class NeuronShapley(Callback):
             "epoch": int(trainer.current_epoch),
             "step": int(step),
             "stage": stage,
-            "semivalue": getattr(result, "semivalue", "shapley"),
+            "semivalue": result.semivalue,
             "top_k": result.top_k.tolist(),
             "culprits": result.culprits(negative=spec.negative_culprits).tolist(),
             "n_evals": int(result.n_evals),
@@ -906,7 +907,7 @@ class NeuronShapley(Callback):
         result.save(out / f"{name}.pt")
         write_csv(result, out / f"{name}.csv")
         rows = top_rows(result, result.k)
-        semivalue = getattr(result, "semivalue", "shapley")
+        semivalue = result.semivalue
         figures = {"histogram": value_histogram(result, title=f"{name}: {_values_label(semivalue)}")}
         if curve is not None:
             curve.save(out / f"{name}_curve.pt")  # for nsl-report: the run's removal curve, offline
@@ -929,10 +930,9 @@ class NeuronShapley(Callback):
                 if spec.name in self.picked else ""
             )
             accumulated = "" if weight is None else f"; accumulated: resumed from the previous run at weight {weight:g}"
-            values = "" if semivalue == "shapley" else f" ({semivalue} values)"
             how = "exact" if semivalue == "leave_one_out" else self.estimator  # computed exactly, not estimated
             rank_zero_info(
-                f"[NeuronShapley] {name}{picked} @ epoch {trainer.current_epoch}: {how}{values} "
+                f"[NeuronShapley] {name}{picked} @ epoch {trainer.current_epoch}: {how}{values_suffix(semivalue)} "
                 f"converged={result.converged}, {result.n_evals} evaluations, {result.seconds:.1f} s, "
                 f"value {_number(result.full_value)}; {top}{accumulated}; saved to {out / (name + '.pt')}"
             )

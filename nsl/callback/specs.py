@@ -42,7 +42,7 @@ def semivalue_name(value: object, where: str | None = None) -> str:
         semivalue = parse_semivalue(value)  # type: ignore[arg-type]
     except ValueError as err:
         raise ValueError(err if where is None else f"{where}: {err}") from None
-    return "shapley" if semivalue.is_shapley else semivalue.name
+    return semivalue.name  # canonical: beta(1,1) reads as shapley
 
 
 def variant_name(result_name: str, semivalue: str) -> str:

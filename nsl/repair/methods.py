@@ -35,6 +35,7 @@ from nsl.repair.dropout import GUIDED_MODES, FilterDropout, guided_probabilities
 from nsl.repair.prune import PrunedFilters, prune_filters
 from nsl.repair.snapshot import ModuleSnapshot
 from nsl.shapley import ShapleyResult
+from nsl.shapley.semivalues import values_suffix
 from nsl.validation import check_bool, check_choice, check_int, check_number, check_probability
 
 
@@ -69,7 +70,7 @@ class RepairContext:
     @property
     def values_of(self) -> str:
         """The game, and which values of it when not Shapley's, for descriptions: ``"accuracy (banzhaf values)"``."""
-        return self.game if self.semivalue == "shapley" else f"{self.game} ({self.semivalue} values)"
+        return f"{self.game}{values_suffix(self.semivalue)}"
 
 
 @dataclass

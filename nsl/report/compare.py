@@ -33,6 +33,7 @@ from nsl.report.curves import RemovalCurve
 from nsl.report.plots import excluded_note, new_figure
 from nsl.report.tables import markdown
 from nsl.shapley.result import ShapleyResult
+from nsl.shapley.semivalues import values_suffix
 
 RESULT_KEYS = {"values", "stderr", "counts", "n_evals", "converged"}
 NOT_RESULTS = ("repaired_model.pt", "repaired_model.plan.pt")
@@ -242,8 +243,7 @@ def game_table(runs: Sequence[Run], game: str, top_k: int = 10, tail: str = "aut
         return [label, *[fn(res) if res is not None else MISSING for res in present]]
 
     rows = [
-        row("method", lambda res: (res.method or "?") + (
-            "" if getattr(res, "semivalue", "shapley") == "shapley" else f" ({res.semivalue} values)")),
+        row("method", lambda res: (res.method or "?") + values_suffix(res.semivalue)),
         row("filters", lambda res: res.n_players),
         row("converged", lambda res: res.converged),
         row("evaluations", lambda res: res.n_evals),

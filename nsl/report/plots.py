@@ -33,7 +33,7 @@ def value_histogram(result: ShapleyResult, title: str = "") -> Figure:
         ax.hist(values, bins=40, color="tab:blue")
     else:
         ax.text(0.5, 0.5, "no filter has enough samples to rank", ha="center", va="center", transform=ax.transAxes)
-    semivalue = getattr(result, "semivalue", "shapley")
+    semivalue = result.semivalue
     ax.set_xlabel("Shapley value" if semivalue == "shapley" else f"{semivalue} value")
     ax.set_ylabel("filters")
     note = excluded_note(result)

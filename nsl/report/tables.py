@@ -56,7 +56,7 @@ def write_csv(result: ShapleyResult, path: str | Path) -> Path:
     path = Path(path)
     rows = csv_rows(result)
     columns = CSV_COLUMNS
-    semivalue = getattr(result, "semivalue", "shapley")
+    semivalue = result.semivalue
     if semivalue != "shapley":
         columns, rows = [*columns, "semivalue"], [[*row, semivalue] for row in rows]
     if result.interrupted:

@@ -138,4 +138,9 @@ def parse_semivalue(spec: str | Semivalue | None) -> Semivalue:
 
 LEAVE_ONE_OUT = Semivalue("leave_one_out")
 
-__all__ = ["BANZHAF", "KINDS", "LEAVE_ONE_OUT", "SHAPLEY", "Semivalue", "parse_semivalue"]
+
+def values_suffix(name: str) -> str:
+    """What follows a game's or an estimator's name in titles and lines: ``" (banzhaf values)"``; ``""`` for Shapley."""
+    return "" if name == "shapley" else f" ({name} values)"
+
+__all__ = ["BANZHAF", "KINDS", "LEAVE_ONE_OUT", "SHAPLEY", "Semivalue", "parse_semivalue", "values_suffix"]

@@ -282,7 +282,7 @@ def tmab(
             f"semivalue={value.name!r} needs sampler='positions' (permutation scans sample every coalition size "
             f"alike: Shapley's weights); sampler={sampler!r} estimates Shapley values only."
         )
-    if resume is not None and getattr(resume, "semivalue", "shapley") != value.name:
+    if resume is not None and resume.semivalue != value.name:
         raise ValueError(
             f"resume= holds {resume.semivalue} samples; they cannot continue a {value.name} estimate "
             f"(use semivalue={resume.semivalue!r}, or start afresh)."
